@@ -1,0 +1,37 @@
+"""Opening aio-pika connections: failures become :class:`BrokerUnavailable` naming host:port."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import aiormq.exceptions
+
+from amqptasks.errors import BrokerUnavailable
+from amqptasks.settings import Settings
+
+
+def _url_with_name(settings: Settings, name: str) -> str:
+    # aio-pika reads connection options from the query string.
+    separator = "&" if "?" in settings.broker_url else "?"
+    return f"{settings.broker_url}{separator}heartbeat={settings.heartbeat}&name={name}"
+
+
+async def aconnect(settings: Settings, name: str, *, robust: bool = False) -> aio_pika.abc.AbstractConnection:
+    """An aio-pika connection (robust: reconnects and replays declarations), or BrokerUnavailable."""
+    factory = aio_pika.connect_robust if robust else aio_pika.connect
+    address = settings.address
+    try:
+        return await asyncio.wait_for(
+            factory(_url_with_name(settings, name), timeout=settings.connect_timeout),
+            timeout=settings.connect_timeout + 1,
+        )
+    except (aiormq.exceptions.ProbableAuthenticationError,) as exc:
+        raise BrokerUnavailable(
+            f"broker at {address.where} refused the credentials of user {address.username!r}"
+        ) from None
+    except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        raise BrokerUnavailable(
+            f"cannot reach the broker at {address.where} ({type(exc).__name__}); is RabbitMQ running? "
+            "Start it (./scripts/rabbitmq.sh) or set AMQPTASKS_BROKER_URL"
+        ) from None

@@ -1,0 +1,397 @@
+"""Broker-side delays without plugins: the binary delay cascade.
+
+RabbitMQ expires messages only at the head of a queue, so a single queue holding messages with
+per-message TTLs would keep a 1-second message waiting behind a 1-day one. The cascade avoids that:
+every queue holds messages that all share the *same* TTL, so head order is expiry order.
+
+How it works (unit: 1 ms, ``LEVELS`` = 36 levels, so any delay up to 2**36 - 1 ms ≈ 2.18 years):
+
+* Level ``k`` (0 ≤ k < LEVELS) is a topic exchange ``<prefix>.<k>`` and a durable queue
+  ``<prefix>.<k>`` with queue-level ``x-message-ttl = 2**k`` ms whose dead-letter exchange is level
+  ``k-1``'s exchange; level 0 dead-letters to the delivery exchange ``<prefix>.deliver``. No
+  ``x-dead-letter-routing-key`` is set on level queues: the dead-letter hop keeps the routing key.
+* The routing key spells the delay in binary, most significant bit first, one word per level, then
+  the destination id: ``b35.b34.….b0.<id>`` with words ``0``/``1``.
+* Level ``k``'s exchange binds its own queue with ``1`` in bit ``k``'s word (``*`` before, ``#``
+  after) and binds level ``k-1``'s *exchange* (exchange-to-exchange) with ``0`` there. A message
+  published to the top exchange therefore falls through the levels whose bit is 0 at once and
+  waits 2**k ms in every level whose bit is 1: total wait = the delay.
+* The delivery exchange binds one *landing* queue per destination, ``<prefix>.land.<id>``, with the
+  exact pattern ``*.*.(LEVELS stars).<id>``. A landing queue has ``x-message-ttl: 0`` and dead-letters
+  to the destination's exchange with the destination's routing key, so the message arrives at the
+  real target as if published there (direct, topic and fanout exchanges; classic or quorum
+  queues; a queue target is exchange ``""`` with routing key = the queue name). ``<id>`` is 16 hex
+  digits of sha1(``exchange\\0routing_key``): routing keys stay 2*LEVELS + 16 bytes long whatever
+  the target.
+
+Nothing waits in a consumer, so ``consumer_timeout`` and worker memory are never involved.
+
+Queue type of the level queues — measured, see ``scripts/experiment_delay_cascade.py``:
+LEVEL_QUEUE_TYPE_DOC_PLACEHOLDER
+
+Everything here is pure (no pika/aio-pika, no I/O). The adapters declare
+``delay_infrastructure()`` once and ``landing_for(exchange, routing_key)`` once per destination,
+then publish to ``entry_exchange()`` with ``delay_routing_key(...)`` and ``mandatory=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from amqptasks.errors import ConfigurationError, TopologyError, TopologyIssue
+from amqptasks.core.topology import MAX_NAME_BYTES, Binding, Exchange, Origin, Queue, Topology
+
+RADIX = 2
+LEVELS = 36
+DELAY_EXCHANGE_PREFIX = "amqptasks.delay"
+DELIVERY_SUFFIX = "deliver"
+LANDING_SUFFIX = "land"
+DELIVERY_EXCHANGE = f"{DELAY_EXCHANGE_PREFIX}.{DELIVERY_SUFFIX}"
+LEVEL_QUEUE_TYPE = "quorum"
+LANDING_QUEUE_TYPE = "quorum"
+QUEUE_TYPES = ("classic", "quorum")
+DESTINATION_ID_LENGTH = 16
+ORIGIN = Origin(file="<amqptasks delay infrastructure>")
+MIN_LEVELS = 1
+MAX_KEY_WORDS = 100  # levels; keeps routing keys (2 bytes a level + the id) under 255 bytes
+DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_AWARE_HINT = "use an aware datetime, e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
+
+
+# --- names ------------------------------------------------------------------------------------
+
+
+def _check_levels(levels: int) -> int:
+    if isinstance(levels, bool) or not isinstance(levels, int) or not MIN_LEVELS <= levels <= MAX_KEY_WORDS:
+        raise ValueError(f"levels must be an integer from {MIN_LEVELS} to {MAX_KEY_WORDS}, got {levels!r}")
+    return levels
+
+
+def _check_radix(radix: int) -> int:
+    if isinstance(radix, bool) or not isinstance(radix, int) or not 2 <= radix <= len(DIGITS):
+        raise ValueError(f"radix must be an integer from 2 to {len(DIGITS)}, got {radix!r}")
+    return radix
+
+
+def level_exchange(level: int, prefix: str = DELAY_EXCHANGE_PREFIX) -> str:
+    """Name of level ``level``'s exchange: ``<prefix>.<level>``."""
+    return f"{prefix}.{level}"
+
+
+def level_queue(level: int, prefix: str = DELAY_EXCHANGE_PREFIX, digit: int = 1, radix: int = RADIX) -> str:
+    """Name of the queue holding messages whose digit at ``level`` is ``digit``.
+
+    Radix 2 (the default): one queue a level, named like its exchange, ``<prefix>.<level>``.
+    Larger radixes: ``<prefix>.<level>.<digit>``, one queue per non-zero digit.
+    """
+    if _check_radix(radix) == 2:
+        return level_exchange(level, prefix)
+    return f"{prefix}.{level}.{DIGITS[digit]}"
+
+
+def delivery_exchange(prefix: str = DELAY_EXCHANGE_PREFIX) -> str:
+    """The exchange after level 0, routing by destination id to the landing queues."""
+    return f"{prefix}.{DELIVERY_SUFFIX}"
+
+
+def entry_exchange(levels: int = LEVELS, prefix: str = DELAY_EXCHANGE_PREFIX) -> str:
+    """The exchange every delayed message is published to: the top level's."""
+    return level_exchange(_check_levels(levels) - 1, prefix)
+
+
+def max_delay_ms(levels: int = LEVELS, radix: int = RADIX) -> int:
+    """The largest delay the cascade can express, inclusive: ``radix**levels - 1`` ms."""
+    return _check_radix(radix) ** _check_levels(levels) - 1
+
+
+def destination_id(exchange: str, routing_key: str) -> str:
+    """A short stable id for the destination (exchange, routing key): 16 hex digits of sha1."""
+    data = exchange.encode("utf-8") + b"\0" + routing_key.encode("utf-8")
+    return hashlib.sha1(data, usedforsecurity=False).hexdigest()[:DESTINATION_ID_LENGTH]
+
+
+def landing_queue(exchange: str, routing_key: str, prefix: str = DELAY_EXCHANGE_PREFIX) -> str:
+    """Name of the landing queue for a destination: ``<prefix>.land.<id>``."""
+    return f"{prefix}.{LANDING_SUFFIX}.{destination_id(exchange, routing_key)}"
+
+
+def level_pattern(level: int, digit: int | str, levels: int = LEVELS) -> str:
+    """The binding pattern on level ``level``'s exchange matching ``digit`` in that level's word:
+    ``*`` for every word before it (most significant first), ``#`` after."""
+    word = DIGITS[digit] if isinstance(digit, int) else digit
+    return f"{'*.' * (levels - 1 - level)}{word}.#"
+
+
+def landing_pattern(exchange: str, routing_key: str, levels: int = LEVELS) -> str:
+    """The exact pattern binding a destination's landing queue to the delivery exchange."""
+    return "*." * _check_levels(levels) + destination_id(exchange, routing_key)
+
+
+# --- topology -------------------------------------------------------------------------------
+
+
+def _check_queue_type(queue_type: str) -> str:
+    if queue_type not in QUEUE_TYPES:
+        raise ValueError(f"queue_type must be 'classic' or 'quorum', got {queue_type!r}")
+    return queue_type
+
+
+def _queue(name: str, queue_type: str, ttl_ms: int, dlx: str, dlrk: str | None = None) -> Queue:
+    """A durable queue holding messages ``ttl_ms`` then dead-lettering them to ``dlx``."""
+    if queue_type == "quorum":
+        # at-least-once dead-lettering (3.10+) needs reject-publish; without a length limit it
+        # never rejects anything.
+        return Queue(
+            name=name,
+            type="quorum",
+            message_ttl_ms=ttl_ms,
+            overflow="reject-publish",
+            dead_letter_exchange=dlx,
+            dead_letter_routing_key=dlrk,
+            arguments={"x-dead-letter-strategy": "at-least-once"},
+            origin=ORIGIN,
+        )
+    return Queue(name=name, message_ttl_ms=ttl_ms, dead_letter_exchange=dlx, dead_letter_routing_key=dlrk, origin=ORIGIN)
+
+
+def delay_infrastructure(
+    levels: int = LEVELS,
+    *,
+    prefix: str = DELAY_EXCHANGE_PREFIX,
+    queue_type: str = LEVEL_QUEUE_TYPE,
+    radix: int = RADIX,
+) -> Topology:
+    """The level exchanges and queues, the delivery exchange and all their bindings.
+
+    Landing queues are per destination: see :func:`landing_for`. ``prefix`` lets tests and
+    experiments run a private cascade next to the real one. ``radix`` > 2 gives each level one
+    queue per non-zero digit ``v`` (TTL ``v * radix**level``); pass a matching ``levels``.
+    """
+    _check_levels(levels)
+    _check_radix(radix)
+    _check_queue_type(queue_type)
+    exchanges: dict[str, Exchange] = {}
+    queues: dict[str, Queue] = {}
+    bindings: list[Binding] = []
+    for level in range(levels - 1, -1, -1):
+        name = level_exchange(level, prefix)
+        lower = level_exchange(level - 1, prefix) if level > 0 else delivery_exchange(prefix)
+        exchanges[name] = Exchange(name, type="topic", origin=ORIGIN)
+        for digit in range(1, radix):
+            queue = _queue(level_queue(level, prefix, digit, radix), queue_type, digit * radix**level, lower)
+            queues[queue.name] = queue
+            bindings.append(Binding(name, queue.name, "queue", level_pattern(level, digit, levels), origin=ORIGIN))
+        bindings.append(Binding(name, lower, "exchange", level_pattern(level, 0, levels), origin=ORIGIN))
+    deliver = delivery_exchange(prefix)
+    exchanges[deliver] = Exchange(deliver, type="topic", origin=ORIGIN)
+    return Topology(exchanges=exchanges, queues=queues, bindings=tuple(bindings))
+
+
+def landing_for(
+    exchange: str,
+    routing_key: str,
+    *,
+    levels: int = LEVELS,
+    prefix: str = DELAY_EXCHANGE_PREFIX,
+    queue_type: str = LANDING_QUEUE_TYPE,
+) -> Topology:
+    """The landing queue for one destination and its binding to the delivery exchange.
+
+    A queue target is ``landing_for("", queue_name)``. Declare it (once) before publishing a
+    delayed message for that destination; declaring it again is a no-op.
+    """
+    _check_destination(exchange, routing_key)
+    name = landing_queue(exchange, routing_key, prefix)
+    queue = _queue(name, _check_queue_type(queue_type), 0, exchange, routing_key)
+    binding = Binding(
+        delivery_exchange(prefix), name, "queue", landing_pattern(exchange, routing_key, levels), origin=ORIGIN
+    )
+    return Topology(queues={name: queue}, bindings=(binding,))
+
+
+def _check_destination(exchange: str, routing_key: str) -> None:
+    if not isinstance(exchange, str) or not isinstance(routing_key, str):
+        raise ValueError("a delay destination is an exchange name and a routing key (both str)")
+    if exchange == "" and routing_key == "":
+        raise ValueError("a delayed message for the default exchange needs the target queue's name as routing key")
+    if len(exchange.encode("utf-8")) > MAX_NAME_BYTES or len(routing_key.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ValueError(f"exchange names and routing keys are at most {MAX_NAME_BYTES} bytes")
+
+
+def _digits_of(value: int, levels: int, radix: int) -> list[str]:
+    words = []
+    for _ in range(levels):
+        value, digit = divmod(value, radix)
+        words.append(DIGITS[digit])
+    return words[::-1]
+
+
+def delay_routing_key(
+    delay_ms: int, exchange: str, routing_key: str, *, levels: int = LEVELS, radix: int = RADIX
+) -> str:
+    """The routing key that carries ``delay_ms`` through the cascade to (exchange, routing_key).
+
+    ``0 <= delay_ms <= max_delay_ms(levels)``; 0 (all digits 0) goes straight to the landing
+    queue. Raises ValueError otherwise.
+    """
+    limit = max_delay_ms(levels, radix)
+    if isinstance(delay_ms, bool) or not isinstance(delay_ms, int):
+        raise ValueError(f"delay_ms must be an integer number of milliseconds, got {delay_ms!r}")
+    if delay_ms < 0:
+        raise ValueError(f"delay_ms must not be negative, got {delay_ms}")
+    if delay_ms > limit:
+        raise ValueError(f"delay_ms {delay_ms} exceeds the maximum delay {limit} ms ({levels} levels)")
+    _check_destination(exchange, routing_key)
+    return ".".join(_digits_of(delay_ms, levels, radix)) + "." + destination_id(exchange, routing_key)
+
+
+def decode_routing_key(key: str, levels: int = LEVELS, radix: int = RADIX) -> tuple[int, str]:
+    """(delay in ms, destination id) from a cascade routing key; for diagnostics and tests."""
+    words = key.split(".")
+    allowed = DIGITS[: _check_radix(radix)]
+    if len(words) != levels + 1 or any(len(w) != 1 or w not in allowed for w in words[:levels]):
+        raise ValueError(f"not a delay routing key for {levels} levels of radix {radix}: {key!r}")
+    return int("".join(words[:levels]), radix), words[levels]
+
+
+# --- time arithmetic ------------------------------------------------------------------------
+
+
+def _aware_ms_ceil(value: datetime, what: str) -> int:
+    """Epoch milliseconds of an aware datetime, rounded up (never early)."""
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ConfigurationError(f"{what} must be timezone-aware, got the naive datetime {value.isoformat()}; {_AWARE_HINT}")
+    micros = (value - _EPOCH) // timedelta(microseconds=1)
+    return -(-micros // 1000)
+
+
+def _seconds_to_ms_ceil(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{what} must be a number of seconds, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ConfigurationError(f"{what} must be a finite number of seconds, got {value!r}")
+    if value < 0:
+        raise ConfigurationError(f"{what} must not be negative, got {value!r} seconds")
+    # round to the microsecond first so 1.1 s (1100.0000000000002 ms in binary) is 1100 ms, not 1101
+    return math.ceil(round(value * 1000, 3))
+
+
+def delay_ms_for(
+    *,
+    now_ms: int,
+    countdown: float | None = None,
+    eta: datetime | None = None,
+    levels: int = LEVELS,
+    radix: int = RADIX,
+) -> int | None:
+    """How long to hold a task, in ms, from ``countdown`` (seconds from now) or ``eta`` (an aware
+    datetime); None when neither is given.
+
+    Rounded up to the millisecond: a task is never due early. An ``eta`` in the past gives 0
+    (due now). 0 means "deliver now": the caller may publish directly. Raises
+    :class:`ConfigurationError` for both given, a negative or non-finite countdown, a naive eta,
+    or a delay beyond :func:`max_delay_ms`.
+    """
+    if countdown is not None and eta is not None:
+        raise ConfigurationError("give either countdown (seconds from now) or eta (an aware datetime), not both")
+    if countdown is not None:
+        delay = _seconds_to_ms_ceil(countdown, "countdown")
+    elif eta is not None:
+        if not isinstance(eta, datetime):
+            raise ConfigurationError(f"eta must be a datetime, got {type(eta).__name__} {eta!r}; {_AWARE_HINT}")
+        delay = max(0, _aware_ms_ceil(eta, "eta") - now_ms)
+    else:
+        return None
+    limit = max_delay_ms(levels, radix)
+    if delay > limit:
+        what = "countdown" if countdown is not None else "eta"
+        raise ConfigurationError(
+            f"{what} is {delay} ms away; the longest delay is {limit} ms (about {limit / 86_400_000 / 365.25:.1f} years)"
+        )
+    return delay
+
+
+def due_ms(
+    *,
+    now_ms: int,
+    countdown: float | None = None,
+    eta: datetime | None = None,
+    levels: int = LEVELS,
+    radix: int = RADIX,
+) -> int | None:
+    """Epoch ms when the task is due (the ``eta`` header): ``now_ms + delay_ms_for(...)``, or None."""
+    delay = delay_ms_for(now_ms=now_ms, countdown=countdown, eta=eta, levels=levels, radix=radix)
+    return None if delay is None else now_ms + delay
+
+
+def expires_ms_for(*, now_ms: int, expires: float | datetime | None) -> int | None:
+    """Epoch ms after which the task must not run (the ``expires`` header), or None.
+
+    ``expires`` is seconds from now (≥ 0) or an aware datetime (a past one gives an already
+    expired task: the worker discards it). Naive datetimes raise :class:`ConfigurationError`.
+    """
+    if expires is None:
+        return None
+    if isinstance(expires, datetime):
+        return _aware_ms_ceil(expires, "expires")
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)):
+        raise ConfigurationError(
+            f"expires must be seconds from now or an aware datetime, got {type(expires).__name__} {expires!r}"
+        )
+    return now_ms + _seconds_to_ms_ceil(expires, "expires")
+
+
+# --- merging topology fragments -------------------------------------------------------------
+
+
+def merge(a: Topology, b: Topology) -> Topology:
+    """``a`` and ``b`` together. The same name defined twice must be defined identically
+    (origins aside), else :class:`TopologyError` names both places. Duplicate bindings are kept once."""
+    issues: list[TopologyIssue] = []
+    exchanges = _merge_named(a.exchanges, b.exchanges, "exchanges", issues)
+    queues = _merge_named(a.queues, b.queues, "queues", issues)
+    if issues:
+        raise TopologyError(issues)
+    seen: set[Any] = set()
+    bindings: list[Binding] = []
+    for binding in (*a.bindings, *b.bindings):
+        if binding.key not in seen:
+            seen.add(binding.key)
+            bindings.append(binding)
+    routes = list(a.routes)
+    routes.extend(r for r in b.routes if r not in a.routes)
+    return Topology(exchanges=exchanges, queues=queues, bindings=tuple(bindings), routes=tuple(routes))
+
+
+def merge_all(parts: Iterable[Topology]) -> Topology:
+    """All ``parts`` merged left to right."""
+    result = Topology()
+    for part in parts:
+        result = merge(result, part)
+    return result
+
+
+def _merge_named(left: Any, right: Any, kind: str, issues: list[TopologyIssue]) -> dict[str, Any]:
+    merged = dict(left)
+    for name, entity in right.items():
+        existing = merged.get(name)
+        if existing is None:
+            merged[name] = entity
+        elif existing != entity:
+            where = entity.origin or Origin("<unknown>")
+            first = existing.origin or Origin("<unknown>")
+            issues.append(
+                TopologyIssue(
+                    where.file,
+                    where.line,
+                    f"{kind}.{name}",
+                    f"defined differently at {first}; one name, one definition",
+                )
+            )
+    return merged

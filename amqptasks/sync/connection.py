@@ -1,0 +1,47 @@
+"""Opening pika connections: one place that maps connect failures to :class:`BrokerUnavailable`."""
+
+from __future__ import annotations
+
+import ssl
+
+import pika
+import pika.exceptions
+
+from amqptasks.errors import BrokerUnavailable
+from amqptasks.settings import BrokerAddress, Settings
+
+
+def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
+    """pika parameters for ``settings``, labelled ``name`` in the broker's connection list."""
+    address = settings.address
+    params = pika.URLParameters(settings.broker_url)
+    params.socket_timeout = settings.connect_timeout
+    params.stack_timeout = settings.connect_timeout
+    params.blocked_connection_timeout = settings.confirm_timeout
+    params.heartbeat = settings.heartbeat
+    params.connection_attempts = 1
+    params.client_properties = {"connection_name": name, "product": "amqptasks"}
+    if address.scheme == "amqps" and params.ssl_options is None:
+        params.ssl_options = pika.SSLOptions(ssl.create_default_context(), address.host)
+    return params
+
+
+def describe_failure(address: BrokerAddress, exc: BaseException) -> str:
+    """Why a connection failed, naming host:port and never the password."""
+    if isinstance(exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
+        return f"broker at {address.where} refused the credentials of user {address.username!r}"
+    if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
+        return f"broker at {address.where} denied user {address.username!r} access to vhost {address.vhost!r}"
+    detail = type(exc).__name__
+    return (
+        f"cannot reach the broker at {address.where} ({detail}); is RabbitMQ running? "
+        "Start it (./scripts/rabbitmq.sh) or set AMQPTASKS_BROKER_URL"
+    )
+
+
+def connect(settings: Settings, name: str) -> pika.BlockingConnection:
+    """A blocking connection, or :class:`BrokerUnavailable` within the connect timeout."""
+    try:
+        return pika.BlockingConnection(connection_parameters(settings, name))
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise BrokerUnavailable(describe_failure(settings.address, exc)) from None

@@ -1,0 +1,327 @@
+"""One worker process's consuming loop: prefetch, late acks, replies, dead-letters, reconnects.
+
+I/O only: which task runs and what its outcome is comes from :mod:`amqptasks.worker.execute`; where
+a dead letter goes comes from :mod:`amqptasks.core.deadletter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import aiormq
+import aiormq.exceptions
+from pamqp import commands as spec
+
+from amqptasks.aio.connection import aconnect
+from amqptasks.core.deadletter import DeadLetterTarget, dead_letter_target, fallback_queue
+from amqptasks.core.envelope import (
+    Outcome,
+    PoisonMessage,
+    Properties,
+    decode_task,
+    dead_letter_headers,
+    encode_result,
+    failure,
+)
+from amqptasks.errors import AmqpTasksError, BrokerUnavailable
+from amqptasks.worker.config import WorkerConfig
+from amqptasks.worker.execute import Prepared, prepare, run_async, run_sync
+
+if TYPE_CHECKING:
+    from amqptasks.app import App
+    from amqptasks.core.topology import Topology
+
+log = logging.getLogger("amqptasks.worker")
+
+# Connection-level failures after which we reconnect rather than crash.
+RECOVERABLE = (
+    aiormq.exceptions.AMQPError,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    BrokerUnavailable,
+)
+
+
+def to_pamqp(properties: Properties) -> spec.Basic.Properties:
+    return spec.Basic.Properties(
+        content_type=properties.content_type,
+        delivery_mode=properties.delivery_mode,
+        message_id=properties.message_id,
+        correlation_id=properties.correlation_id,
+        reply_to=properties.reply_to,
+        priority=properties.priority,
+        headers=dict(properties.headers),
+    )
+
+
+class Consumer:
+    """Consumes ``config.queues`` in this process until :meth:`request_stop` (or drained, in burst)."""
+
+    def __init__(self, app: App, topology: Topology, config: WorkerConfig, name: str) -> None:
+        self.app = app
+        self.topology = topology
+        self.config = config
+        self.name = name
+        self._pool = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix=f"{name}-task")
+        self._slots = asyncio.Semaphore(config.threads)
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self._targets = {queue: dead_letter_target(topology, queue) for queue in config.queues}
+        self._consume: aiormq.abc.AbstractChannel | None = None
+        self._confirm: aiormq.abc.AbstractChannel | None = None
+        self.completed = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop consuming; running tasks finish (within the grace period) and are acked."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Connect, consume, and reconnect after connection loss, until stopped."""
+        delay = 0.1
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._session()
+                    delay = 0.1
+                except RECOVERABLE as exc:
+                    if self._stopping.is_set():
+                        break
+                    log.warning("connection lost (%s); reconnecting in %.1fs", _brief(exc), delay)
+                    try:
+                        await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                    except asyncio.TimeoutError:
+                        pass
+                    delay = min(delay * 2, 5.0)
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _session(self) -> None:
+        """One connection's life: provision, consume, wait for stop or loss, drain on stop."""
+        from amqptasks.aio.topology import aprovision
+
+        connection = await aconnect(self.app.settings, f"amqptasks worker {self.app.main} {self.name} pid={os.getpid()}")
+        lost = asyncio.get_running_loop().create_future()
+
+        def on_close(_sender: Any, exc: BaseException | None = None) -> None:
+            if not lost.done():
+                lost.set_result(exc)
+
+        connection.close_callbacks.add(on_close)
+        try:
+            await aprovision(connection, self.topology)
+            consume_channel = await connection.channel(publisher_confirms=False)
+            confirm_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._consume = await consume_channel.get_underlay_channel()
+            self._confirm = await confirm_channel.get_underlay_channel()
+            # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
+            await self._consume.basic_qos(prefetch_count=self.config.prefetch, global_=False)
+            tags = []
+            for queue in self.config.queues:
+                ok = await self._consume.basic_consume(queue, self._callback_for(queue), no_ack=False)
+                tags.append(ok.consumer_tag)
+            log.info("%s consuming from %s", self.name, ", ".join(self.config.queues))
+            stop_wait = asyncio.ensure_future(self._stopping.wait())
+            burst_wait = asyncio.ensure_future(self._drained()) if self.config.burst else None
+            waits = [w for w in (stop_wait, burst_wait, lost) if w is not None]
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in (stop_wait, burst_wait):
+                if waiter is not None and not waiter.done():
+                    waiter.cancel()
+            if lost in done:
+                raise ConnectionError(f"connection closed: {_brief(lost.result())}")
+            self._stopping.set()
+            await self._cancel_consumers(tags)
+            await self._drain_inflight()
+        finally:
+            if not connection.is_closed:
+                await connection.close()
+
+    async def _cancel_consumers(self, tags: list[str]) -> None:
+        assert self._consume is not None
+        for tag in tags:
+            try:
+                await self._consume.basic_cancel(tag)
+            except RECOVERABLE:
+                return
+
+    async def _drain_inflight(self) -> None:
+        if not self._inflight:
+            return
+        log.info("waiting up to %ss for %d running task(s)", self.config.grace, len(self._inflight))
+        _done, pending = await asyncio.wait(set(self._inflight), timeout=self.config.grace)
+        if pending:
+            log.warning("%d task(s) still running after the grace period; they return to the queue", len(pending))
+
+    async def _drained(self) -> None:
+        """Burst mode: finish when every queue is empty and nothing is in flight."""
+        assert self._consume is not None
+        while True:
+            await asyncio.sleep(0.2)
+            if self._inflight:
+                continue
+            counts = [(await self._consume.queue_declare(q, passive=True)).message_count for q in self.config.queues]
+            if not any(counts) and not self._inflight:
+                log.info("%s: queues drained (burst mode); stopping", self.name)
+                return
+
+    # --- one delivery ------------------------------------------------------------------------
+
+    def _callback_for(self, queue: str) -> Any:
+        async def on_message(delivery: aiormq.abc.DeliveredMessage) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._inflight.add(task)
+            try:
+                await self._handle(delivery, queue)
+            finally:
+                self._inflight.discard(task)
+
+        return on_message
+
+    async def _handle(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> None:
+        props = delivery.header.properties
+        reply_to = props.reply_to
+        try:
+            message = decode_task(
+                delivery.body, props.headers, content_type=props.content_type, reply_to=reply_to, priority=props.priority
+            )
+            prepared = prepare(self.app, message, redelivered=bool(delivery.delivery.redelivered), queue=queue)
+        except PoisonMessage as poison:
+            await self._reject_poison(delivery, queue, poison)
+            return
+        if self._stopping.is_set():
+            await self._release(delivery)
+            return
+        if log.isEnabledFor(logging.INFO):
+            log.info("Received task: %s[%s]", message.task, message.id)
+        started = time.perf_counter()
+        outcome = await self._execute(prepared)
+        if outcome is None:  # stopped before it could start
+            await self._release(delivery)
+            return
+        elapsed = time.perf_counter() - started
+        if outcome.successful:
+            if log.isEnabledFor(logging.INFO):
+                log.info("Task %s[%s] succeeded in %.6fs: %.200r", message.task, message.id, elapsed, outcome.value)
+        else:
+            log.error("Task %s[%s] failed in %.6fs: %s: %s", message.task, message.id, elapsed, outcome.exc_type, outcome.exc_message)
+        if reply_to and not prepared.task.options.ignore_result:
+            await self._reply(reply_to, outcome)
+        if not outcome.successful:
+            await self._dead_letter(
+                delivery,
+                queue,
+                reason=f"task raised {outcome.exc_type}",
+                exc=(outcome.exc_type, outcome.exc_message, outcome.traceback),
+            )
+        await self._ack(delivery)
+        self.completed += 1
+
+    async def _execute(self, prepared: Prepared) -> Outcome | None:
+        if prepared.task.is_async:
+            return await run_async(prepared)
+        async with self._slots:
+            if self._stopping.is_set():
+                return None
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, run_sync, prepared)
+
+    async def _reject_poison(self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage) -> None:
+        props = delivery.header.properties
+        log.warning("dead-lettering a message from %s: %s", queue, poison.reason)
+        if props.reply_to and poison.task_id:
+            await self._reply(props.reply_to, failure(poison.task_id, poison.kind, poison.reason))
+        await self._dead_letter(delivery, queue, reason=poison.reason)
+        await self._ack(delivery)
+
+    # --- broker writes -----------------------------------------------------------------------
+
+    async def _reply(self, reply_to: str, outcome: Outcome) -> None:
+        body, properties = encode_result(outcome)
+        assert self._consume is not None
+        # Same channel as the ack that follows, so the reply is written before the ack.
+        await self._consume.basic_publish(body, exchange="", routing_key=reply_to, properties=to_pamqp(properties))
+
+    async def _dead_letter(
+        self,
+        delivery: aiormq.abc.DeliveredMessage,
+        queue: str,
+        *,
+        reason: str,
+        exc: tuple[str, str, str] = ("", "", ""),
+    ) -> None:
+        """Publish a copy with the reason, confirmed, BEFORE the original is acked."""
+        props = delivery.header.properties
+        raw_headers: Mapping[str, Any] = props.headers if isinstance(props.headers, Mapping) else {}
+        headers = dead_letter_headers(
+            raw_headers,
+            reason=reason,
+            queue=queue,
+            exchange=delivery.delivery.exchange or "",
+            routing_key=delivery.delivery.routing_key or "",
+            now_ms=int(time.time() * 1000),
+            exc_type=exc[0],
+            exc_message=exc[1],
+            traceback=exc[2],
+        )
+        properties = spec.Basic.Properties(
+            content_type=props.content_type,
+            content_encoding=props.content_encoding,
+            delivery_mode=2,
+            message_id=props.message_id or headers.get("id") or f"dead-{time.time_ns()}",
+            correlation_id=props.correlation_id,
+            priority=props.priority,
+            timestamp=props.timestamp,
+            headers=headers,
+        )
+        target = self._targets.get(queue) or dead_letter_target(self.topology, queue)
+        try:
+            await self._publish_confirmed(delivery.body, target, properties)
+        except aiormq.exceptions.PublishError:
+            # The configured dead-letter route reaches no queue: never drop, use <queue>.dead.
+            fallback = fallback_queue(queue).name
+            log.error("dead-letter route %s/%s of %s reaches no queue; using %s", target.exchange, target.routing_key, queue, fallback)
+            assert self._confirm is not None
+            await self._confirm.queue_declare(fallback, durable=True)
+            await self._publish_confirmed(delivery.body, DeadLetterTarget("", fallback), properties)
+
+    async def _publish_confirmed(self, body: bytes, target: DeadLetterTarget, properties: spec.Basic.Properties) -> None:
+        assert self._confirm is not None
+        if target.declare:
+            await self._confirm.queue_declare(target.declare, durable=True)
+        confirmation = await asyncio.wait_for(
+            self._confirm.basic_publish(
+                body, exchange=target.exchange, routing_key=target.routing_key, properties=properties, mandatory=True
+            ),
+            timeout=self.app.settings.confirm_timeout,
+        )
+        if not isinstance(confirmation, spec.Basic.Ack):
+            raise AmqpTasksError(f"the broker did not confirm a dead letter to {target.exchange}/{target.routing_key}")
+
+    async def _ack(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+        try:
+            await delivery.channel.basic_ack(delivery.delivery.delivery_tag)
+        except RECOVERABLE as exc:
+            # The channel died under us: the broker redelivers this message (at-least-once).
+            log.warning("ack lost (%s); the message will be redelivered", _brief(exc))
+
+    async def _release(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+        try:
+            await delivery.channel.basic_reject(delivery.delivery.delivery_tag, requeue=True)
+        except RECOVERABLE:
+            pass
+
+
+def _brief(exc: BaseException | None) -> str:
+    if exc is None:
+        return "closed"
+    return f"{type(exc).__name__}: {exc}"[:200]

@@ -1,0 +1,107 @@
+"""Running one task: from a decoded message to an :class:`Outcome`. No broker I/O here."""
+
+from __future__ import annotations
+
+import traceback as tb
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from amqptasks.core.envelope import Outcome, PoisonMessage, TaskMessage, failure, success
+
+if TYPE_CHECKING:
+    from amqptasks.app import App
+    from amqptasks.task import Task
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a bound task (``@app.task(bind=True)``) sees of its delivery, as ``self.request``."""
+
+    id: str
+    task: str
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+    retries: int
+    redelivered: bool
+    queue: str
+    headers: Mapping[str, Any] = field(default_factory=dict)
+
+
+class BoundTask:
+    """The ``self`` of a bound task: the task's attributes plus this delivery's ``request``."""
+
+    def __init__(self, task: Task, request: Request) -> None:
+        self._task = task
+        self.request = request
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._task, name)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A message that passed every check and is ready to run."""
+
+    task: Task
+    message: TaskMessage
+    call_args: tuple[Any, ...]
+
+
+def prepare(app: App, message: TaskMessage, *, redelivered: bool, queue: str) -> Prepared:
+    """Find the task and fit the arguments, or raise :class:`PoisonMessage` saying why not."""
+    task = app.tasks.get(message.task)
+    if task is None:
+        known = ", ".join(sorted(app.tasks)) or "none"
+        raise PoisonMessage(
+            f"unknown task {message.task!r}: this worker registers {known}; "
+            "start a worker whose app defines it, or fix the sender's task name",
+            message.id,
+            message.task,
+            kind="UnknownTask",
+        )
+    try:
+        task.signature_check(message.args, message.kwargs)
+    except TypeError as exc:
+        raise PoisonMessage(
+            f"arguments do not fit {message.task}: {exc}", message.id, message.task, kind="TypeError"
+        ) from None
+    call_args = message.args
+    if task.options.bind:
+        request = Request(
+            id=message.id,
+            task=message.task,
+            args=message.args,
+            kwargs=message.kwargs,
+            retries=message.retries,
+            redelivered=redelivered,
+            queue=queue,
+            headers=message.extra_headers,
+        )
+        call_args = (BoundTask(task, request), *message.args)
+    return Prepared(task, message, call_args)
+
+
+def describe_exception(exc: BaseException) -> tuple[str, str, str]:
+    """(type name, message, traceback text) of ``exc`` for replies and dead-letter headers."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+    return name, str(exc), "".join(tb.format_exception(exc))
+
+
+def run_sync(prepared: Prepared) -> Outcome:
+    """Call a plain function task; any exception becomes a FAILURE outcome."""
+    try:
+        value = prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
+    except Exception as exc:  # a task's failure is data, not a worker crash
+        return failure(prepared.message.id, *describe_exception(exc))
+    return success(prepared.message.id, value)
+
+
+async def run_async(prepared: Prepared) -> Outcome:
+    """Await an ``async def`` task; any exception becomes a FAILURE outcome."""
+    try:
+        value = await prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
+    except Exception as exc:
+        return failure(prepared.message.id, *describe_exception(exc))
+    return success(prepared.message.id, value)

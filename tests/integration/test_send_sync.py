@@ -1,0 +1,298 @@
+"""Sync sends against the real broker: routing, message properties, failures, batches, reconnects.
+
+The helpers at the top are shared by the other producer test modules.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pika
+import pytest
+
+from amqptasks import App, BrokerUnavailable, PublishError, ResultUnavailable, UnroutableError
+
+ROUTING_TOPOLOGY = """\
+exchanges:
+  {u}.direct: {{type: direct}}
+  {u}.topic: {{type: topic}}
+  {u}.fanout: {{type: fanout}}
+queues:
+  {u}.q1:
+    bindings: [{{exchange: {u}.direct, routing_key: k1}}]
+  {u}.orders:
+    bindings: [{{exchange: {u}.topic, routing_key: "orders.*"}}]
+  {u}.audit1:
+    bindings: [{{exchange: {u}.fanout}}]
+  {u}.audit2:
+    bindings: [{{exchange: {u}.fanout}}]
+  {u}.plain: {{}}
+routes:
+  "{u}.orders.*": {{exchange: {u}.topic, routing_key: orders.created}}
+  "{u}.audit.*": {{exchange: {u}.fanout}}
+  "{u}.direct.*": {{exchange: {u}.direct, routing_key: k1}}
+"""
+ROUTING_QUEUES = ("q1", "orders", "audit1", "audit2", "plain")
+ROUTING_EXCHANGES = ("direct", "topic", "fanout")
+
+
+def routing_app(tmp_path: Path, unique: str, cleanup: Any, broker_url: str) -> App:
+    """An App on a private topology: a direct, a topic and a fanout exchange, their queues, routes."""
+    for name in ROUTING_QUEUES:
+        cleanup.queue(f"{unique}.{name}")
+    for name in ROUTING_EXCHANGES:
+        cleanup.exchange(f"{unique}.{name}")
+    path = tmp_path / "routing.yaml"
+    path.write_text(ROUTING_TOPOLOGY.format(u=unique))
+    return App(unique, broker=broker_url, topology=str(path))
+
+
+def queue_app(tmp_path: Path, unique: str, cleanup: Any, broker_url: str, queue: str | None = None) -> App:
+    """An App whose topology is one private queue (``unique`` by default)."""
+    queue = queue or unique
+    cleanup.queue(queue)
+    path = tmp_path / "queue.yaml"
+    path.write_text(f"queues:\n  {queue}: {{}}\n")
+    return App(unique, broker=broker_url, topology=str(path))
+
+
+def get_one(channel: Any, queue: str) -> tuple[pika.BasicProperties, bytes]:
+    """The next message of ``queue`` (acked), failing the test if there is none."""
+    method, props, body = channel.basic_get(queue, auto_ack=True)
+    assert method is not None, f"no message in {queue}"
+    return props, body
+
+
+def count(channel: Any, queue: str) -> int:
+    return channel.queue_declare(queue, passive=True).method.message_count
+
+
+def wait_count(channel: Any, queue: str, expected: int, timeout: float = 5.0) -> int:
+    """Queue counts lag a publish confirm by a moment; poll until ``expected`` or the timeout."""
+    deadline = time.monotonic() + timeout
+    while (found := count(channel, queue)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def closed_port_url() -> tuple[str, int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"amqp://guest:s3cret@127.0.0.1:{port}/%2F", port
+
+
+def close_connections(label: str, timeout: float = 10.0) -> int:
+    """Close (broker-side) only the connections whose name contains ``label``; how many were closed.
+
+    Never ``close_all_connections``: other people's tests share this broker.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        listing = subprocess.run(
+            ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+        pids = [line.split("\t", 1)[0] for line in listing.splitlines() if label in line]
+        if pids or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for pid in pids:
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "amqptasks test"], capture_output=True, timeout=30)
+    return len(pids)
+
+
+@pytest.fixture
+def app(tmp_path: Path, unique: str, cleanup: Any, broker_url: str) -> Iterator[App]:
+    the_app = routing_app(tmp_path, unique, cleanup, broker_url)
+    yield the_app
+    the_app.close()
+
+
+# --- routing and message properties ---------------------------------------------------------------
+
+
+def test_direct_topic_and_fanout_routes(app: App, unique: str, channel: Any) -> None:
+    @app.task(name=f"{unique}.direct.add")
+    def direct_add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name=f"{unique}.orders.create")
+    def create_order(order_id: int) -> None: ...
+
+    @app.task(name=f"{unique}.audit.record", ignore_result=True)
+    def record(event: str) -> None: ...
+
+    direct_add.delay(3, 4)
+    create_order.delay(17)
+    record.delay("login")
+
+    props, body = get_one(channel, f"{unique}.q1")
+    assert body == b'{"args":[3,4],"kwargs":{}}'
+    assert props.delivery_mode == 2 and props.content_type == "application/json"
+    assert props.headers["task"] == f"{unique}.direct.add" and props.headers["amqptasks"] == 1
+    assert props.headers["id"] == props.message_id == props.correlation_id and props.headers["retries"] == 0
+    assert props.reply_to and props.reply_to.startswith("amq.rabbitmq.reply-to")
+    assert isinstance(props.timestamp, int)
+
+    props, body = get_one(channel, f"{unique}.orders")
+    assert props.headers["task"] == f"{unique}.orders.create" and body == b'{"args":[17],"kwargs":{}}'
+
+    for queue in ("audit1", "audit2"):  # a fanout copies to every bound queue
+        props, _ = get_one(channel, f"{unique}.{queue}")
+        assert props.headers["task"] == f"{unique}.audit.record"
+        assert props.reply_to is None and props.correlation_id is None  # ignore_result: no reply wanted
+
+
+def test_send_and_task_options_win_over_routes(app: App, unique: str, channel: Any) -> None:
+    @app.task(name=f"{unique}.orders.ship", queue=f"{unique}.plain")
+    def ship(order_id: int) -> None: ...
+
+    ship.delay(1)  # the task's queue beats the topology route
+    ship.send((2,), routing_key="orders.shipped", exchange=f"{unique}.topic")  # the send beats the task
+    ship.apply_async(args=(3,), queue=f"{unique}.q1", priority=7, headers={"tenant": "acme"}, expires=60)
+    assert get_one(channel, f"{unique}.plain")[1] == b'{"args":[1],"kwargs":{}}'
+    assert get_one(channel, f"{unique}.orders")[1] == b'{"args":[2],"kwargs":{}}'
+    props, _ = get_one(channel, f"{unique}.q1")
+    assert props.priority == 7 and props.headers["tenant"] == "acme"
+    assert props.headers["expires"] > time.time() * 1000
+
+
+def test_default_queue_and_the_default_topology(broker_url: str, unique: str, channel: Any) -> None:
+    app = App(unique, broker=broker_url)  # no topology: the built-in default is provisioned
+
+    @app.task(queue=f"{unique}.never")
+    def probe() -> None: ...
+
+    try:
+        with pytest.raises(UnroutableError):  # any send provisions first; this one has no queue
+            probe.delay()
+        assert channel.queue_declare("celery", passive=True)  # provisioned by the producer
+        assert channel.exchange_declare("tasks", passive=True)
+    finally:
+        app.close()
+
+
+# --- failures -------------------------------------------------------------------------------------
+
+
+def test_unroutable_raises_within_a_second(app: App, unique: str) -> None:
+    @app.task(name=f"{unique}.lost", exchange=f"{unique}.direct", routing_key="nobody")
+    def lost() -> None: ...
+
+    pytest.raises(UnroutableError, lost.delay)  # connect and provision outside the timing
+    start = time.monotonic()
+    with pytest.raises(UnroutableError) as caught:
+        lost.delay()
+    assert time.monotonic() - start < 1.0
+    assert caught.value.exchange == f"{unique}.direct" and caught.value.routing_key == "nobody"
+    assert f"{unique}.direct" in str(caught.value) and "'nobody'" in str(caught.value)
+
+
+def test_a_missing_queue_is_unroutable_too(app: App, unique: str) -> None:
+    @app.task(name=f"{unique}.t", queue=f"{unique}.does-not-exist")
+    def t() -> None: ...
+
+    with pytest.raises(UnroutableError, match="default exchange"):
+        t.delay()
+
+
+def test_a_missing_exchange_is_a_clear_error_and_the_producer_survives(app: App, unique: str, channel: Any) -> None:
+    @app.task(name=f"{unique}.t")
+    def t() -> None: ...
+
+    t.send(queue=f"{unique}.plain")
+    with pytest.raises(PublishError, match=f"exchange '{unique}.nope' does not exist"):
+        t.send(exchange=f"{unique}.nope", routing_key="x")
+    t.send(queue=f"{unique}.plain")
+    assert app._sync is not None and app._sync.connections == 1  # the channel was never killed
+    assert wait_count(channel, f"{unique}.plain", 2) == 2
+
+
+def test_unreachable_broker_raises_broker_unavailable_naming_host_port() -> None:
+    url, port = closed_port_url()
+    app = App("unreachable", broker=url)
+
+    @app.task
+    def t() -> None: ...
+
+    start = time.monotonic()
+    with pytest.raises(BrokerUnavailable) as caught:
+        t.delay()
+    assert time.monotonic() - start < app.settings.connect_timeout
+    assert f"127.0.0.1:{port}" in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+def test_ignore_result_get_fails_at_once(app: App, unique: str) -> None:
+    @app.task(name=f"{unique}.fire", queue=f"{unique}.plain", ignore_result=True)
+    def fire() -> None: ...
+
+    result = fire.delay()
+    start = time.monotonic()
+    with pytest.raises(ResultUnavailable, match="ignore_result=True"):
+        result.get(timeout=30)
+    assert time.monotonic() - start < 0.1
+
+
+# --- batches --------------------------------------------------------------------------------------
+
+
+def test_send_many_and_batch(app: App, unique: str, channel: Any) -> None:
+    @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    results = app.send_many([add.s(i, i) for i in range(500)])
+    assert len(results) == 500 and len({r.id for r in results}) == 500
+    with app.batch() as batch:
+        inside = [add.delay(i, 1) for i in range(300)]
+        assert wait_count(channel, f"{unique}.plain", 500, timeout=0.2) == 500  # nothing sent yet
+    assert batch.results == inside
+    assert wait_count(channel, f"{unique}.plain", 800) == 800
+
+
+def test_send_many_reports_the_unroutable_one_and_sends_the_rest(app: App, unique: str, channel: Any) -> None:
+    @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    sigs = [add.s(1, 1), add.signature((2, 2), queue=f"{unique}.missing"), add.s(3, 3)]
+    with pytest.raises(UnroutableError, match=f"{unique}.missing"):
+        app.send_many(sigs)
+    assert wait_count(channel, f"{unique}.plain", 2) == 2
+
+
+# --- reconnects -----------------------------------------------------------------------------------
+
+
+def test_the_next_send_after_the_connection_was_closed_succeeds(app: App, unique: str, channel: Any) -> None:
+    @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    first = add.delay(1, 1)
+    assert close_connections(f"amqptasks producer {unique} ") == 1
+    time.sleep(0.2)  # let the close reach the client socket
+    add.delay(2, 2)
+    assert wait_count(channel, f"{unique}.plain", 2) == 2
+    with pytest.raises(ResultUnavailable, match="connection .* is gone"):  # its reply channel died
+        first.get(timeout=5)
+
+
+def test_a_send_on_a_connection_closed_unnoticed_is_retried(app: App, unique: str, channel: Any) -> None:
+    @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.delay(1, 1)
+    assert close_connections(f"amqptasks producer {unique} ") == 1
+    assert app._sync is not None
+    for producer in app._sync._state.idle:
+        producer.last_used = time.monotonic()  # skip the idle check: publish onto the dead socket
+    add.delay(2, 2)
+    assert wait_count(channel, f"{unique}.plain", 2) == 2

@@ -1,0 +1,42 @@
+from amqptasks.core.deadletter import dead_letter_target, with_implicit_queues, bindings_label
+from amqptasks.core.topology import Binding, Exchange, Queue, Topology
+
+
+def topology() -> Topology:
+    return Topology(
+        exchanges={"tasks": Exchange("tasks"), "dead": Exchange("dead")},
+        queues={
+            "celery": Queue("celery", dead_letter_exchange="dead", dead_letter_routing_key="celery.dead"),
+            "plain": Queue("plain"),
+            "keyless": Queue("keyless", dead_letter_exchange="dead"),
+        },
+        bindings=(Binding("tasks", "celery", routing_key="celery"),),
+    )
+
+
+def test_queue_with_dead_letter_setting_uses_it() -> None:
+    target = dead_letter_target(topology(), "celery")
+    assert (target.exchange, target.routing_key, target.declare) == ("dead", "celery.dead", None)
+
+
+def test_dead_letter_without_routing_key_keeps_the_queue_name() -> None:
+    target = dead_letter_target(topology(), "keyless")
+    assert (target.exchange, target.routing_key) == ("dead", "keyless")
+
+
+def test_queue_without_setting_falls_back_to_its_own_dead_queue() -> None:
+    target = dead_letter_target(topology(), "plain")
+    assert (target.exchange, target.routing_key, target.declare) == ("", "plain.dead", "plain.dead")
+
+
+def test_implicit_queues_are_durable_and_dead_lettered() -> None:
+    extended, added = with_implicit_queues(topology(), ["celery", "emails"])
+    assert added == ["emails"]
+    emails = extended.queues["emails"]
+    assert emails.durable and emails.dead_letter_exchange == "" and emails.dead_letter_routing_key == "emails.dead"
+    assert "emails.dead" in extended.queues
+    assert dead_letter_target(extended, "emails").declare is None  # declared with the topology now
+
+
+def test_bindings_label_names_each_route_in() -> None:
+    assert bindings_label(topology(), "celery") == "exchange=(default) key=celery, exchange=tasks(direct) key=celery"
