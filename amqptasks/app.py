@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -93,6 +94,7 @@ class App:
         self._batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(f"amqptasks-batch-{id(self)}", default=None)
         self._sync: SyncPublisher | None = None
         self._async: AsyncPublisher | None = None
+        self._lock = threading.Lock()  # guards creating the publishers: many threads send at once
 
     def __repr__(self) -> str:
         return f"<App {self.main} broker={self.settings.address.masked}>"
@@ -173,18 +175,26 @@ class App:
     # --- sending --------------------------------------------------------------------------------
 
     def _sync_publisher(self) -> SyncPublisher:
-        if self._sync is None:
+        publisher = self._sync
+        if publisher is None:
             from amqptasks.sync.publisher import SyncPublisher
 
-            self._sync = SyncPublisher(self.settings, lambda: self.topology, self.main)
-        return self._sync
+            with self._lock:
+                if self._sync is None:
+                    self._sync = SyncPublisher(self.settings, lambda: self.topology, self.main)
+                publisher = self._sync
+        return publisher
 
     def _async_publisher(self) -> AsyncPublisher:
-        if self._async is None:
+        publisher = self._async
+        if publisher is None:
             from amqptasks.aio.publisher import AsyncPublisher
 
-            self._async = AsyncPublisher(self.settings, lambda: self.topology, self.main)
-        return self._async
+            with self._lock:
+                if self._async is None:
+                    self._async = AsyncPublisher(self.settings, lambda: self.topology, self.main)
+                publisher = self._async
+        return publisher
 
     def _send(self, item: Outgoing) -> AsyncResult:
         batch = self._batch.get()
@@ -281,14 +291,7 @@ def _origin(fn: Callable[..., Any]) -> str:
 
 
 def _unbound(item: Outgoing) -> AsyncResult:
-    if item.wants_result:
-        why = f"task {item.task_name} {item.task_id} is in an app.batch() block that has not been sent yet"
-    else:
-        why = (
-            f"task {item.task_name} has ignore_result=True: the worker sends no result, so there is "
-            "nothing to get(); remove ignore_result=True from @app.task to wait for results"
-        )
-    return AsyncResult(item.task_id, item.task_name, None, why_none=why)
+    return AsyncResult(item.task_id, item.task_name, None, ignored=not item.wants_result)
 
 
 def _bind(result: AsyncResult, item: Outgoing, source: ResultSource | None) -> AsyncResult:

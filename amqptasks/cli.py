@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,6 +23,10 @@ from amqptasks.errors import (
     TopologyConflict,
     TopologyError,
 )
+
+if TYPE_CHECKING:
+    from amqptasks.core.topology import Topology
+    from amqptasks.settings import Settings
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -42,6 +46,8 @@ topology_app = typer.Typer(
     no_args_is_help=True,
 )
 cli.add_typer(topology_app, name="topology")
+dlq_app = typer.Typer(help="Inspect, replay and purge dead-letter queues.", no_args_is_help=True)
+cli.add_typer(dlq_app, name="dlq")
 # Commands import the library lazily so that `--help` and `validate` start fast.
 # Further commands register on `cli` here, e.g. `@cli.command("worker")` and
 # `cli.add_typer(dlq_app, name="dlq")`; keep them thin and reuse _exit_codes().
@@ -73,6 +79,17 @@ ManagementUrl = Annotated[
                       "then http://<broker host>:15672); 'off' uses declare probes instead."),
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also list unchanged (plan) or re-declared (apply) entities.")]
+Delays = Annotated[bool, typer.Option("--delays/--no-delays",
+                   help="Include the delay cascade and the landing queues of the files' destinations "
+                        "(what workers and producers provision for countdown, eta and retries).")]
+
+
+def _provisioned(files: list[Path], settings: Settings, delays: bool) -> Topology:
+    from amqptasks.core.loader import load_topology
+    from amqptasks.core.provision import with_delays
+
+    topology = load_topology(files)
+    return with_delays(topology, prefix=settings.delay_prefix) if delays else topology
 
 
 @contextmanager
@@ -116,16 +133,16 @@ def validate_command(files: Files) -> None:
 
 @topology_app.command("plan")
 def plan_command(files: Files, broker: Broker = None, management_url: ManagementUrl = None,
-                 verbose: Verbose = False) -> None:
+                 verbose: Verbose = False, delays: Delays = True) -> None:
     """Show what `apply` would do; exit 1 if an entity conflicts with the broker."""
-    from amqptasks.core.loader import load_topology
     from amqptasks.core.plan import render_plan
     from amqptasks.settings import Settings
     from amqptasks.sync.topology import plan
 
     with _exit_codes():
-        topology = load_topology(files)
-        result = plan(Settings.from_env(broker), topology, management_url=management_url)
+        settings = Settings.from_env(broker)
+        topology = _provisioned(files, settings, delays)
+        result = plan(settings, topology, management_url=management_url)
     typer.echo(render_plan(result, verbose=verbose))
     if result.conflicts:
         raise typer.Exit(EXIT_INVALID)
@@ -133,15 +150,15 @@ def plan_command(files: Files, broker: Broker = None, management_url: Management
 
 @topology_app.command("apply")
 def apply_command(files: Files, broker: Broker = None, management_url: ManagementUrl = None,
-                  verbose: Verbose = False) -> None:
+                  verbose: Verbose = False, delays: Delays = True) -> None:
     """Declare what the files have and the broker lacks; refuse (exit 1) on any conflict."""
-    from amqptasks.core.loader import load_topology
     from amqptasks.settings import Settings
     from amqptasks.sync.topology import apply
 
     with _exit_codes():
-        topology = load_topology(files)
-        result = apply(Settings.from_env(broker), topology, management_url=management_url)
+        settings = Settings.from_env(broker)
+        topology = _provisioned(files, settings, delays)
+        result = apply(settings, topology, management_url=management_url)
     typer.echo(result.render(verbose=verbose))
 
 
@@ -190,6 +207,79 @@ def worker_command(
             burst=burst,
         )
     raise typer.Exit(code)
+
+
+Queue = Annotated[str, typer.Argument(metavar="QUEUE", help="The dead-letter queue, e.g. celery.dead.")]
+
+
+@dlq_app.command("list")
+def dlq_list_command(
+    queue: Queue,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most this many.")] = 20,
+    broker: Broker = None,
+) -> None:
+    """Show dead letters (id, task, exception, when, retries); they stay in the queue."""
+    from datetime import datetime, timezone
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from amqptasks.settings import Settings
+    from amqptasks.sync.dlq import list_dead
+
+    with _exit_codes():
+        total, found = list_dead(Settings.from_env(broker), queue, limit)
+    table = Table(title=f"{queue}: {total} message(s), showing {len(found)}")
+    for column in ("id", "task", "exception / reason", "dead-lettered at (UTC)", "retries", "from"):
+        table.add_column(column, overflow="fold")
+    for info in found:
+        when = (
+            datetime.fromtimestamp(info.dead_at_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            if info.dead_at_ms is not None else "-"
+        )
+        table.add_row(info.task_id, info.task, info.exception or info.reason, when, str(info.retries),
+                      info.origin_queue or "-")
+    Console(width=160).print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay_command(
+    queue: Queue,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Replay at most this many.")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Only messages of this task name.")] = None,
+    broker: Broker = None,
+) -> None:
+    """Send dead letters back to the queue they came from (confirmed, then acked; retries reset)."""
+    from rich.progress import Progress
+
+    from amqptasks.settings import Settings
+    from amqptasks.sync.dlq import replay
+
+    with _exit_codes(), Progress(transient=True) as progress:
+        bar = progress.add_task(f"replaying {queue}", total=None)
+        report = replay(Settings.from_env(broker), queue, limit=limit, task=task,
+                        progress=lambda done, total: progress.update(bar, completed=done, total=total))
+    typer.echo(f"replayed {len(report.replayed)} message(s) from {queue}")
+    for info, why in report.left:
+        typer.echo(f"left {info.task_id} ({info.task or 'unknown task'}) in {queue}: {why}", err=True)
+
+
+@dlq_app.command("purge")
+def dlq_purge_command(
+    queue: Queue,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    broker: Broker = None,
+) -> None:
+    """Delete every message in a dead-letter queue (asks first unless --yes)."""
+    from amqptasks.settings import Settings
+    from amqptasks.sync.dlq import purge
+
+    if not yes and not typer.confirm(f"Delete every message in {queue}? This cannot be undone."):
+        typer.echo("nothing purged")
+        raise typer.Exit(EXIT_OK)
+    with _exit_codes():
+        count = purge(Settings.from_env(broker), queue)
+    typer.echo(f"purged {count} message(s) from {queue}")
 
 
 def main() -> None:

@@ -97,3 +97,18 @@ class TaskError(AmqpTasksError):
 
 class ResultTimeout(AmqpTasksError, TimeoutError):
     """No result arrived within the timeout given to ``get``."""
+
+
+class TaskRetry(AmqpTasksError):
+    """Raised by ``self.retry(...)`` in a bound task: run me again later (``raise self.retry(...)``
+    reads well and works too). ``exc`` is the error that caused it; ``countdown`` seconds, or None
+    for the task's backoff settings."""
+
+    def __init__(self, exc: BaseException | None = None, countdown: float | None = None) -> None:
+        self.exc = exc
+        self.countdown = countdown
+        super().__init__(f"retry requested{f' after {countdown}s' if countdown is not None else ''}: {exc!r}")
+
+
+class TaskExpired(AmqpTasksError):
+    """The task was delivered after its ``expires`` time and was not run."""

@@ -45,14 +45,14 @@ class AsyncResult:
     ``asend`` may be read with ``get()`` from another thread than the event loop's.
     """
 
-    __slots__ = ("id", "task_name", "_source", "_outcome", "_why_none")
+    __slots__ = ("id", "task_name", "_source", "_outcome", "_ignored")
 
-    def __init__(self, task_id: str, task_name: str = "", source: ResultSource | None = None, *, why_none: str = "") -> None:
+    def __init__(self, task_id: str, task_name: str = "", source: ResultSource | None = None, *, ignored: bool = False) -> None:
         self.id = task_id
         self.task_name = task_name
         self._source = source
         self._outcome: Outcome | None = None
-        self._why_none = why_none
+        self._ignored = ignored  # sent without reply_to (ignore_result=True): no reply will come
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -70,12 +70,16 @@ class AsyncResult:
     def _bind(self, source: ResultSource) -> None:
         """Attach the channel the task was finally published on (batches bind after the flush)."""
         self._source = source
-        self._why_none = ""
 
     def _require_source(self) -> ResultSource:
-        if self._source is None:
-            raise ResultUnavailable(self._why_none or f"task {self.task_name} {self.id}: no result will be sent")
-        return self._source
+        if self._source is not None:
+            return self._source
+        if self._ignored:
+            raise ResultUnavailable(
+                f"task {self.task_name} has ignore_result=True: the worker sends no result, so there is "
+                "nothing to get(); remove ignore_result=True from @app.task to wait for results"
+            )
+        raise ResultUnavailable(f"task {self.task_name} {self.id} is in an app.batch() block that has not been sent yet")
 
     def _keep(self, outcome: Outcome) -> Outcome:
         self._outcome = outcome

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
+from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX
 from amqptasks.errors import ConfigurationError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
@@ -97,6 +98,7 @@ class Settings:
     heartbeat: int = 30
     reconnect_attempts: int = 3
     reconnect_delay: float = 0.5
+    delay_prefix: str = DELAY_EXCHANGE_PREFIX  # names of the delay cascade's exchanges and queues
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -104,6 +106,8 @@ class Settings:
         for name in ("connect_timeout", "confirm_timeout", "reconnect_delay"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
+        if not self.delay_prefix or self.delay_prefix.startswith("amq."):
+            raise ConfigurationError(f"delay_prefix {self.delay_prefix!r} must be non-empty and not start with 'amq.'")
         if self.reconnect_attempts < 0:
             raise ConfigurationError("reconnect_attempts must be 0 or more")
 
@@ -119,6 +123,7 @@ class Settings:
             broker_url=broker_url or env.get("AMQPTASKS_BROKER_URL") or DEFAULT_BROKER_URL,
             connect_timeout=_env_float(env, "AMQPTASKS_CONNECT_TIMEOUT", cls.connect_timeout),
             confirm_timeout=_env_float(env, "AMQPTASKS_CONFIRM_TIMEOUT", cls.confirm_timeout),
+            delay_prefix=env.get("AMQPTASKS_DELAY_PREFIX") or DELAY_EXCHANGE_PREFIX,
         )
 
     def with_broker(self, broker_url: str) -> Settings:

@@ -1,17 +1,21 @@
 #!/usr/bin/env python
 """Publish throughput of amqptasks against raw pika / aio-pika, interleaved, one run.
 
-    .venv/bin/python scripts/bench_publish.py [--url URL] [--repeats 5] [--results]
+    .venv/bin/python scripts/bench_publish.py [--url URL] [--repeats 10] [--results]
 
-Each repeat runs every contender once, in turn, on a private queue purged in between, so drift of
-a shared machine hits all of them alike; the report gives the median rate per contender and the
-ratios the project targets:
+Each repeat runs every contender once, in a rotating order, on a private queue purged in between,
+so drift of a shared machine hits all of them alike; the report gives the median rate per
+contender and the median of the per-repeat ratios the project targets:
 
 * sync single send (``add.delay``) vs raw pika ``BlockingConnection`` + ``confirm_delivery``
   publishing one message at a time                                            (target >= 0.9x)
 * sync batch (``app.send_many``, pipelined confirms) vs that same raw loop     (target >= 3x)
 * async sends (``await add.adelay`` x 256 in flight) vs raw aio-pika with 256 confirms in
   flight                                                                       (target >= 1.0x)
+
+Each baseline runs twice: with a minimal message (two properties, no headers) and with the same
+message amqptasks sends (headers, ids, direct reply-to; docs/protocol.md) — the second isolates
+the library's overhead from the protocol's.
 
 ``--results`` also measures the two ways of getting results over RPC (docs/protocol.md): direct
 reply-to vs an exclusive auto-delete reply queue, with a raw pika responder thread.
@@ -28,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pika
@@ -41,6 +46,7 @@ PROPS = pika.BasicProperties(delivery_mode=2, content_type="application/json")
 
 
 def rate(count: int, fn: Callable[[], object]) -> float:
+    """Messages per second of one round."""
     start = time.perf_counter()
     fn()
     return count / (time.perf_counter() - start)
@@ -63,6 +69,7 @@ def main() -> int:
     raw = pika.BlockingConnection(pika.URLParameters(args.url))
     raw_channel = raw.channel()
     raw_channel.confirm_delivery()
+    raw_channel.basic_consume("amq.rabbitmq.reply-to", lambda *_: None, auto_ack=True)  # for same-message sends
 
     app = App("bench", broker=args.url)
 
@@ -72,87 +79,115 @@ def main() -> int:
 
     add.delay(0, 0)  # connect and provision outside the timings
     loop = asyncio.new_event_loop()
-    aio: dict[str, object] = {}
+    aio: dict[str, Any] = {}
 
     async def aio_setup() -> None:
         connection = await aio_pika.connect(args.url)
         aio["connection"] = connection
-        aio["channel"] = await connection.channel(publisher_confirms=True)
+        aio["channel"] = channel = await connection.channel(publisher_confirms=True)
+        await (await channel.get_underlay_channel()).basic_consume("amq.rabbitmq.reply-to", lambda _m: None, no_ack=True)
         await add.adelay(0, 0)
 
     loop.run_until_complete(aio_setup())
 
-    def raw_single(n: int) -> None:
-        for _ in range(n):
+    def same_headers(task_id: str) -> dict[str, Any]:
+        return {"amqptasks": 1, "task": add.name, "id": task_id, "retries": 0}
+
+    # --- contenders: (messages per round, run one round) ---------------------------------------
+    def raw_pika_minimal() -> None:
+        for _ in range(args.single):
             raw_channel.basic_publish("", queue, BODY, PROPS, mandatory=True)
 
-    def ours_single(n: int) -> None:
-        for _ in range(n):
+    def raw_pika_same_message() -> None:
+        # What a hand-written pika producer of the same protocol message does (docs/protocol.md).
+        for _ in range(args.single):
+            task_id = str(uuid.uuid4())
+            props = pika.BasicProperties(
+                delivery_mode=2, content_type="application/json", message_id=task_id, correlation_id=task_id,
+                reply_to="amq.rabbitmq.reply-to", timestamp=int(time.time()), headers=same_headers(task_id))
+            raw_channel.basic_publish("", queue, BODY, props, mandatory=True)
+
+    def ours_single() -> None:
+        for _ in range(args.single):
             add.delay(1, 2)
 
-    def ours_batch(n: int, chunk: int = 1000) -> None:
-        for start in range(0, n, chunk):
-            app.send_many([add.s(1, 2) for _ in range(min(chunk, n - start))])
+    def ours_batch(chunk: int = 1000) -> None:
+        for start in range(0, args.batch, chunk):
+            app.send_many([add.s(1, 2) for _ in range(min(chunk, args.batch - start))])
 
-    async def raw_aio(n: int) -> None:
-        exchange = aio["channel"].default_exchange  # type: ignore[attr-defined]
+    async def raw_aio(same_message: bool) -> None:
+        exchange = aio["channel"].default_exchange
         window = asyncio.Semaphore(256)
 
         async def one() -> None:
             async with window:
-                message = aio_pika.Message(BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json")
+                if same_message:
+                    task_id = str(uuid.uuid4())
+                    message = aio_pika.Message(
+                        BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json",
+                        message_id=task_id, correlation_id=task_id, reply_to="amq.rabbitmq.reply-to",
+                        timestamp=time.time(), headers=same_headers(task_id))
+                else:
+                    message = aio_pika.Message(BODY, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                               content_type="application/json")
                 await exchange.publish(message, queue, mandatory=True)
 
-        await asyncio.gather(*(one() for _ in range(n)))
+        await asyncio.gather(*(one() for _ in range(args.batch)))
 
-    async def ours_aio(n: int) -> None:
+    async def ours_aio() -> None:
         window = asyncio.Semaphore(256)
 
         async def one() -> None:
             async with window:
                 await add.adelay(1, 2)
 
-        await asyncio.gather(*(one() for _ in range(n)))
+        await asyncio.gather(*(one() for _ in range(args.batch)))
 
-    async def ours_aio_many(n: int, chunk: int = 256) -> None:
-        for start in range(0, n, chunk):
-            await app.asend_many([add.s(1, 2) for _ in range(min(chunk, n - start))])
+    async def ours_aio_many(chunk: int = 256) -> None:
+        for start in range(0, args.batch, chunk):
+            await app.asend_many([add.s(1, 2) for _ in range(min(chunk, args.batch - start))])
 
-    single = lambda n: rate(n, lambda: raw_single(n))  # noqa: E731
-    pairs: dict[str, tuple[Callable[[], float], Callable[[], float]]] = {
-        # name: (baseline, ours) — each repeat runs both, in alternating order, on a purged queue
-        "sync single (delay) vs raw pika single": (
-            lambda: single(args.single), lambda: rate(args.single, lambda: ours_single(args.single))),
-        "sync batch (send_many) vs raw pika single": (
-            lambda: single(args.single), lambda: rate(args.batch, lambda: ours_batch(args.batch))),
-        "async adelay x256 in flight vs raw aio-pika 256": (
-            lambda: rate(args.batch, lambda: loop.run_until_complete(raw_aio(args.batch))),
-            lambda: rate(args.batch, lambda: loop.run_until_complete(ours_aio(args.batch)))),
-        "async asend_many(256) vs raw aio-pika 256": (
-            lambda: rate(args.batch, lambda: loop.run_until_complete(raw_aio(args.batch))),
-            lambda: rate(args.batch, lambda: loop.run_until_complete(ours_aio_many(args.batch)))),
+    contenders: dict[str, tuple[int, Callable[[], object]]] = {
+        "raw pika single, minimal message": (args.single, raw_pika_minimal),
+        "raw pika single, same message": (args.single, raw_pika_same_message),
+        "amqptasks delay": (args.single, ours_single),
+        "amqptasks send_many(1000)": (args.batch, ours_batch),
+        "raw aio-pika 256 in flight, minimal": (args.batch, lambda: loop.run_until_complete(raw_aio(False))),
+        "raw aio-pika 256 in flight, same msg": (args.batch, lambda: loop.run_until_complete(raw_aio(True))),
+        "amqptasks adelay, 256 in flight": (args.batch, lambda: loop.run_until_complete(ours_aio())),
+        "amqptasks asend_many(256)": (args.batch, lambda: loop.run_until_complete(ours_aio_many())),
     }
-    targets = {"sync single": 0.9, "sync batch": 3.0, "async adelay": 1.0, "async asend_many": 1.0}
-    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in pairs}
+    comparisons = [  # (ours, baseline, target or None)
+        ("amqptasks delay", "raw pika single, minimal message", 0.9),
+        ("amqptasks delay", "raw pika single, same message", None),
+        ("amqptasks send_many(1000)", "raw pika single, minimal message", 3.0),
+        ("amqptasks send_many(1000)", "raw pika single, same message", None),
+        ("amqptasks adelay, 256 in flight", "raw aio-pika 256 in flight, minimal", 1.0),
+        ("amqptasks adelay, 256 in flight", "raw aio-pika 256 in flight, same msg", None),
+        ("amqptasks asend_many(256)", "raw aio-pika 256 in flight, minimal", 1.0),
+        ("amqptasks asend_many(256)", "raw aio-pika 256 in flight, same msg", None),
+    ]
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
     try:
         for repeat in range(args.repeats):
-            for name, (baseline, ours) in pairs.items():
-                order = (baseline, ours) if repeat % 2 == 0 else (ours, baseline)
-                measured = {}
-                for contender in order:
-                    admin_channel.queue_purge(queue)
-                    measured[contender] = contender()
-                samples[name].append((measured[baseline], measured[ours]))
+            # rotate the order each repeat so no contender always runs first or after the same one
+            shift = repeat % len(names)
+            for name in names[shift:] + names[:shift]:
+                admin_channel.queue_purge(queue)
+                count, run = contenders[name]
+                rates[name].append(rate(count, run))
             print(f"repeat {repeat + 1}/{args.repeats}: " + ", ".join(
-                f"{n.split(' vs ')[0]} {v[-1][1] / v[-1][0]:.2f}x" for n, v in samples.items()), flush=True)
-        print(f"\nmedians over {args.repeats} interleaved repeats (msgs/s; ratio = median of paired ratios):")
-        for name, values in samples.items():
-            base = statistics.median(b for b, _ in values)
-            ours_rate = statistics.median(o for _, o in values)
-            ratio = statistics.median(o / b for b, o in values)
-            target = next(t for key, t in targets.items() if name.startswith(key))
-            verdict = "ok" if ratio >= target else "BELOW TARGET"
-            print(f"  {name:50s} ours {ours_rate:8,.0f}  baseline {base:8,.0f}  {ratio:5.2f}x (target >= {target}) {verdict}")
+                f"{ours.split(' ')[1]}/{base.split(',')[0].replace('raw ', '')}{'*' if 'same' in base else ''} "
+                f"{rates[ours][-1] / rates[base][-1]:.2f}" for ours, base, _ in comparisons), flush=True)
+        print(f"\nmedian msgs/s over {args.repeats} interleaved repeats:")
+        for name, values in rates.items():
+            print(f"  {name:40s} {statistics.median(values):9,.0f}")
+        print("\nratios (median of per-repeat ratios):")
+        for ours, base, target in comparisons:
+            ratio = statistics.median(o / b for o, b in zip(rates[ours], rates[base], strict=True))
+            verdict = "" if target is None else f"(target >= {target}) {'ok' if ratio >= target else 'BELOW TARGET'}"
+            print(f"  {ours:32s} / {base:40s} {ratio:5.2f}x {verdict}")
         if args.results:
             bench_results(args.url, args.repeats)
     finally:
@@ -176,9 +211,9 @@ def _responder(url: str, queue: str, ready: threading.Event, stop: threading.Eve
     channel.queue_declare(queue, auto_delete=True)
     channel.basic_qos(prefetch_count=500)
 
-    def on_request(ch: pika.adapters.blocking_connection.BlockingChannel, method: object, props: pika.BasicProperties, body: bytes) -> None:
+    def on_request(ch: Any, method: Any, props: pika.BasicProperties, body: bytes) -> None:
         ch.basic_publish("", props.reply_to, body, pika.BasicProperties(correlation_id=props.correlation_id))
-        ch.basic_ack(method.delivery_tag)  # type: ignore[attr-defined]
+        ch.basic_ack(method.delivery_tag)
 
     channel.basic_consume(queue, on_request)
     ready.set()
@@ -187,8 +222,8 @@ def _responder(url: str, queue: str, ready: threading.Event, stop: threading.Eve
     connection.close()
 
 
-def _round_trips(url: str, queue: str, count: int, direct: bool) -> tuple[float, float]:
-    """(setup seconds, round trips/s) for ``count`` requests sent at once then all awaited."""
+def _round_trips(url: str, queue: str, count: int, sequential: int, direct: bool) -> tuple[float, float, float]:
+    """(setup ms, pipelined round trips/s, sequential round-trip ms) for one way of receiving replies."""
     start = time.perf_counter()
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
@@ -198,36 +233,50 @@ def _round_trips(url: str, queue: str, count: int, direct: bool) -> tuple[float,
         reply_to = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
     got: set[str] = set()
     channel.basic_consume(reply_to, lambda _c, _m, p, _b: got.add(p.correlation_id), auto_ack=True)
-    setup = time.perf_counter() - start
+    setup = (time.perf_counter() - start) * 1000
+
     start = time.perf_counter()
     for _ in range(count):
         channel.basic_publish("", queue, BODY, pika.BasicProperties(reply_to=reply_to, correlation_id=uuid.uuid4().hex))
     while len(got) < count:
         connection.process_data_events(time_limit=0.05)
-    elapsed = time.perf_counter() - start
+    pipelined = count / (time.perf_counter() - start)
+
+    latencies = []
+    for _ in range(sequential):
+        correlation_id = uuid.uuid4().hex
+        start = time.perf_counter()
+        channel.basic_publish("", queue, BODY, pika.BasicProperties(reply_to=reply_to, correlation_id=correlation_id))
+        while correlation_id not in got:
+            connection.process_data_events(time_limit=0.05)
+        latencies.append((time.perf_counter() - start) * 1000)
     connection.close()
-    return setup, count / elapsed
+    return setup, pipelined, statistics.median(latencies)
 
 
-def bench_results(url: str, repeats: int, count: int = 5000) -> None:
+def bench_results(url: str, repeats: int, count: int = 5000, sequential: int = 300) -> None:
     queue = f"bench.rpc.{uuid.uuid4().hex[:8]}"
     ready, stop = threading.Event(), threading.Event()
     thread = threading.Thread(target=_responder, args=(url, queue, ready, stop), daemon=True)
     thread.start()
     ready.wait(10)
-    samples: dict[str, list[tuple[float, float]]] = {"direct reply-to": [], "exclusive reply queue": []}
+    samples: dict[str, list[tuple[float, float, float]]] = {"direct reply-to": [], "exclusive reply queue": []}
     try:
-        for _ in range(repeats):
-            samples["direct reply-to"].append(_round_trips(url, queue, count, direct=True))
-            samples["exclusive reply queue"].append(_round_trips(url, queue, count, direct=False))
+        for repeat in range(repeats):
+            order = (True, False) if repeat % 2 == 0 else (False, True)
+            for direct in order:
+                name = "direct reply-to" if direct else "exclusive reply queue"
+                samples[name].append(_round_trips(url, queue, count, sequential, direct))
     finally:
         stop.set()
         thread.join(5)
-    print(f"\nresults over RPC ({count} requests sent, then all replies awaited; median of {repeats}):")
+    print(f"\nresults over RPC, raw pika + responder thread, median of {repeats} interleaved repeats:")
+    print(f"  {'':24s} {'setup (connect..consume)':>26s} {f'{count} pipelined':>16s} {'one at a time':>16s}")
     for name, values in samples.items():
-        setup = statistics.median(v[0] for v in values) * 1000
-        throughput = statistics.median(v[1] for v in values)
-        print(f"  {name:24s} setup {setup:6.1f} ms   {throughput:8,.0f} round trips/s")
+        setup = statistics.median(v[0] for v in values)
+        pipelined = statistics.median(v[1] for v in values)
+        latency = statistics.median(v[2] for v in values)
+        print(f"  {name:24s} {setup:23.1f} ms {pipelined:10,.0f} rt/s {latency:13.2f} ms")
 
 
 if __name__ == "__main__":

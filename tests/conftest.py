@@ -99,7 +99,10 @@ def cleanup(broker_url: str, request: pytest.FixtureRequest, unique: str) -> Ite
     params.client_properties = {"connection_name": f"cleanup {request.node.nodeid}"}
     connection = pika.BlockingConnection(params)
     try:
-        for name in sorted(tracker.queues):
+        from amqptasks.core.delays import landing_queue
+
+        # A queue's delay landing queue (declared with it by apps and workers) goes with it.
+        for name in sorted(tracker.queues | {landing_queue("", q) for q in tracker.queues}):
             channel = connection.channel()
             channel.queue_delete(name)
             channel.close()

@@ -52,6 +52,7 @@ class AsyncReplies:
         for task_id, waiter in waiters.items():
             if not waiter.done():
                 waiter.set_exception(self._unavailable(task_id))
+                waiter.exception()  # mark retrieved: a timed-out aget() may have left nobody awaiting it
 
     def _unavailable(self, task_id: str) -> ResultUnavailable:
         return ResultUnavailable(

@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from amqptasks.core.envelope import (
+    BROKER_DEATH_HEADERS,
+    H_DEAD_AT,
+    H_DEAD_REASON,
+    H_ETA,
+    H_EXC_MESSAGE,
+    H_EXC_TYPE,
+    H_ID,
+    H_ORIGIN_EXCHANGE,
+    H_ORIGIN_QUEUE,
+    H_ORIGIN_ROUTING_KEY,
+    H_RETRIES,
+    H_TASK,
+    H_TRACEBACK,
+)
 from amqptasks.core.topology import Binding, Queue, Topology
 
 DEAD_SUFFIX = ".dead"
@@ -68,3 +85,66 @@ def _describe(topology: Topology, binding: Binding) -> str:
     exchange = topology.exchanges.get(binding.source)
     kind = exchange.type if exchange is not None else "?"
     return f"exchange={binding.source}({kind}) key={binding.routing_key}"
+
+
+# --- reading and replaying dead letters (for ``amqptasks dlq``) ------------------------------
+
+
+@dataclass(frozen=True)
+class DeadLetterInfo:
+    """What a dead-lettered message says about itself: which task, why, when, from where."""
+
+    task_id: str
+    task: str
+    reason: str
+    exception: str
+    dead_at_ms: int | None
+    retries: int
+    origin_queue: str | None
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return "" if value is None else str(value)
+
+
+def _broker_origin(headers: Mapping[str, Any]) -> str | None:
+    # Dead-lettered by the broker itself (TTL, delivery limit, overflow): x-death names the queue.
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
+        return _text(deaths[0].get("queue")) or None
+    return _text(headers.get("x-first-death-queue")) or None
+
+
+def describe_dead_letter(headers: Mapping[str, Any] | None, message_id: str | None = None) -> DeadLetterInfo:
+    """Read the amqptasks (or broker) dead-letter headers of a message."""
+    headers = headers or {}
+    exc_type = _text(headers.get(H_EXC_TYPE))
+    exc_message = _text(headers.get(H_EXC_MESSAGE))
+    dead_at = headers.get(H_DEAD_AT)
+    retries = headers.get(H_RETRIES)
+    return DeadLetterInfo(
+        task_id=_text(headers.get(H_ID)) or _text(message_id),
+        task=_text(headers.get(H_TASK)),
+        reason=_text(headers.get(H_DEAD_REASON)) or _text(headers.get("x-first-death-reason")),
+        exception=f"{exc_type}: {exc_message}" if exc_type else "",
+        dead_at_ms=dead_at if isinstance(dead_at, int) and not isinstance(dead_at, bool) else None,
+        retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else 0,
+        origin_queue=_text(headers.get(H_ORIGIN_QUEUE)) or _broker_origin(headers),
+    )
+
+
+DEAD_LETTER_HEADERS = (
+    H_DEAD_REASON, H_EXC_TYPE, H_EXC_MESSAGE, H_TRACEBACK, H_ORIGIN_QUEUE, H_ORIGIN_EXCHANGE,
+    H_ORIGIN_ROUTING_KEY, H_DEAD_AT, *BROKER_DEATH_HEADERS,
+)
+
+
+def replay_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A replayed message's headers: the dead-letter record removed and the retry count reset."""
+    kept = {k: v for k, v in (headers or {}).items() if k not in DEAD_LETTER_HEADERS}
+    if H_RETRIES in kept:
+        kept[H_RETRIES] = 0
+    kept.pop(H_ETA, None)
+    return kept

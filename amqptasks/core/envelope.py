@@ -290,3 +290,17 @@ def dead_letter_headers(
         headers[H_EXC_MESSAGE] = truncate(exc_message, MESSAGE_LIMIT)
         headers[H_TRACEBACK] = truncate(traceback, TRACEBACK_LIMIT)
     return headers
+
+
+# The broker's dead-letter bookkeeping, which a message collects on every delay level it waits in.
+BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+                        "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
+
+
+def retry_headers(original: Mapping[str, Any] | None, *, retries: int, due_ms: int) -> dict[str, Any]:
+    """The headers of a retry's republished copy: the count raised, the due time set, and the
+    broker's dead-letter history (from earlier delays) dropped so it does not grow per retry."""
+    headers = {k: v for k, v in (original or {}).items() if k not in BROKER_DEATH_HEADERS}
+    headers[H_RETRIES] = retries
+    headers[H_ETA] = due_ms
+    return headers

@@ -6,10 +6,12 @@ them into declare steps, the adapters execute those steps.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal
+
+from amqptasks.errors import TopologyError, TopologyIssue
 
 ExchangeType = Literal["direct", "topic", "fanout", "headers"]
 QueueType = Literal["classic", "quorum"]
@@ -158,3 +160,53 @@ class Topology:
         queues = dict(self.queues)
         queues[queue.name] = queue
         return Topology(self.exchanges, queues, self.bindings + tuple(bindings), self.routes)
+
+
+def merge(a: Topology, b: Topology) -> Topology:
+    """``a`` and ``b`` together. The same name defined twice must be defined identically
+    (origins aside), else :class:`TopologyError` names both places. Duplicate bindings are kept once."""
+    issues: list[TopologyIssue] = []
+    exchanges = _merge_named(a.exchanges, b.exchanges, "exchanges", issues)
+    queues = _merge_named(a.queues, b.queues, "queues", issues)
+    if issues:
+        raise TopologyError(issues)
+    seen: set[Any] = set()
+    bindings: list[Binding] = []
+    for binding in (*a.bindings, *b.bindings):
+        if binding.key not in seen:
+            seen.add(binding.key)
+            bindings.append(binding)
+    routes = list(a.routes)
+    routes.extend(r for r in b.routes if r not in a.routes)
+    return Topology(exchanges=exchanges, queues=queues, bindings=tuple(bindings), routes=tuple(routes))
+
+
+def merge_all(parts: Iterable[Topology]) -> Topology:
+    """All ``parts`` merged left to right."""
+    result = Topology()
+    for part in parts:
+        result = merge(result, part)
+    return result
+
+
+def _merge_named(left: Any, right: Any, kind: str, issues: list[TopologyIssue]) -> dict[str, Any]:
+    merged = dict(left)
+    for name, entity in right.items():
+        first = merged.get(name)
+        if first is None:
+            merged[name] = entity
+        elif first != entity:
+            where = entity.origin or Origin("<unknown>")
+            differing = ", ".join(
+                f.name for f in fields(first) if f.compare and getattr(first, f.name) != getattr(entity, f.name)
+            )
+            issues.append(
+                TopologyIssue(
+                    where.file,
+                    where.line,
+                    f"{kind}.{name}",
+                    f'{kind[:-1]} "{name}" is defined differently here and at {first.origin or "<unknown>"} '
+                    f"(differs in: {differing}): make the definitions identical or keep only one",
+                )
+            )
+    return merged

@@ -27,8 +27,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
@@ -41,19 +40,9 @@ from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
 from amqptasks.settings import Settings
 from amqptasks.sync.connection import connect
-from amqptasks.sync.results import Replies
+from amqptasks.sync.results import Broken, Replies, SharedConnection
 
 IDLE_CHECK_AFTER = 1.0  # seconds idle after which a producer is polled for a close before use
-
-
-class Broken(Exception):
-    """The producer can no longer publish. ``retryable``: the connection was lost (reconnect)."""
-
-    def __init__(self, cause: BaseException | str, retryable: bool) -> None:
-        self.cause = cause
-        self.retryable = retryable
-        self.flight: _Flight | None = None  # the publish that was under way, if any
-        super().__init__(str(cause) or type(cause).__name__)
 
 
 class _Flight:
@@ -77,11 +66,33 @@ class _Slot:
         self.item = item
 
 
+def _write_messages_whole(connection: pika.BlockingConnection) -> None:
+    """Send a message's frames (method, header, body) in one socket write instead of three.
+
+    pika buffers each frame separately and sends each with its own ``send()``, i.e. three TCP
+    segments per message; joined, a confirmed single send measured ~1.2x faster on this machine
+    (raw pika, interleaved). Patched on our own connection object only; if a pika release renames
+    the internals, we keep pika's behaviour.
+    """
+    impl: Any = connection._impl
+    emit = getattr(impl, "_adapter_emit_data", None)
+    if emit is None or not hasattr(impl, "_output_marshaled_frames"):
+        return
+
+    def output_marshaled_frames(frames: Sequence[bytes]) -> None:
+        data = b"".join(frames)
+        impl.bytes_sent += len(data)
+        impl.frames_sent += len(frames)
+        emit(data)
+
+    impl._output_marshaled_frames = output_marshaled_frames
+
+
 def pika_properties(p: Properties) -> pika.BasicProperties:
     return pika.BasicProperties(
         content_type=p.content_type,
         delivery_mode=p.delivery_mode,
-        headers=dict(p.headers),
+        headers=p.headers if type(p.headers) is dict else dict(p.headers),
         message_id=p.message_id,
         correlation_id=p.correlation_id,
         reply_to=p.reply_to,
@@ -90,25 +101,19 @@ def pika_properties(p: Properties) -> pika.BasicProperties:
     )
 
 
-class Producer:
-    """One connection and channel in confirm mode with a reply consumer. Use under :meth:`hold`."""
+class Producer(SharedConnection):
+    """One connection and channel in confirm mode with a reply consumer; publish between acquire/release."""
 
     def __init__(self, settings: Settings, topology: Topology, name: str) -> None:
         from amqptasks.sync.topology import provision
 
-        self.settings = settings
-        self.pid = os.getpid()
-        self.lock = threading.Lock()
-        self.broken: Broken | None = None
-        self.last_used = time.monotonic()
-        self._wanted = 0  # publishers waiting for the lock while a get() pumps
-        self._wanted_lock = threading.Lock()
+        super().__init__(settings, connect(settings, name))
+        _write_messages_whole(self.connection)
         self._tag = 0
         self._low = 1  # lowest delivery tag that may still be unconfirmed
         self._by_tag: dict[int, _Slot] = {}
         self._by_mid: dict[str, _Slot] = {}
         self._known_exchanges = {"", *topology.exchanges}
-        self.connection = connect(settings, name)
         try:
             provision(self.connection, topology)
             self.channel = self.connection.channel()
@@ -120,90 +125,12 @@ class Producer:
             self.channel_impl.add_on_return_callback(self._on_return)
             self.channel_impl.add_on_close_callback(self._on_channel_closed)
             self.replies = Replies(self)
-            self.replies.start()
+            self.replies.start(self.channel_impl)
         except BaseException:
             self.close()
             raise
 
-    # --- I/O --------------------------------------------------------------------------------------
-
-    def signal(self) -> _Signal:
-        """A callback for a pika RPC reply that records it and ends the pump waiting for it."""
-        return _Signal(self)
-
-    def wake(self) -> None:
-        """End the current ``process_data_events`` early (called from callbacks, same thread)."""
-        self.connection._request_channel_dispatch(-1)
-
-    def _break(self, cause: BaseException | str, retryable: bool) -> Broken:
-        if self.broken is None:
-            self.broken = Broken(cause, retryable)
-        return self.broken
-
-    def pump(self, until: Callable[[], bool], deadline: float) -> bool:
-        """Process I/O until ``until()`` or ``deadline``; the caller holds the lock. Raises Broken."""
-        while not until():
-            if self.broken is not None:
-                raise self.broken
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            try:
-                self.connection.process_data_events(time_limit=remaining)
-            except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
-                raise self._break(exc, retryable=True) from None
-        return True
-
-    def try_pump_once(self) -> None:
-        """Read what is waiting, if nobody else is using the connection. Never blocks, never raises."""
-        if self.broken is not None or self.pid != os.getpid() or not self.lock.acquire(blocking=False):
-            return
-        try:
-            self.connection.process_data_events(time_limit=0)
-        except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
-            self._break(exc, retryable=True)
-        finally:
-            self.lock.release()
-
-    def pump_for(self, until: Callable[[], bool], slice_end: float) -> None:
-        """Pump from any thread (a get()) for at most one slice, yielding to waiting publishers."""
-        if not self.lock.acquire(timeout=max(0.0, slice_end - time.monotonic())):
-            return
-        try:
-            if self.broken is None and not until():
-                self.pump(lambda: until() or self._wanted > 0, slice_end)
-        except Broken:
-            pass  # recorded in self.broken; the caller reports it
-        finally:
-            self.lock.release()
-        if self._wanted:
-            time.sleep(0.001)  # let the publisher that woke us take the connection first
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        """Exclusive use for a publish. A get() pumping this connection is woken to hand it over."""
-        if not self.lock.acquire(blocking=False):
-            with self._wanted_lock:
-                self._wanted += 1
-            try:
-                try:
-                    self.connection.add_callback_threadsafe(_nothing)  # the one thread-safe pika call
-                except (pika.exceptions.AMQPError, OSError):
-                    pass
-                self.lock.acquire()
-            finally:
-                with self._wanted_lock:
-                    self._wanted -= 1
-        try:
-            yield
-        finally:
-            self.last_used = time.monotonic()
-            self.lock.release()
-
-    def usable_here(self) -> bool:
-        return self.broken is None and self.pid == os.getpid()
-
-    # --- callbacks (run inside process_data_events) ------------------------------------------------
+    # --- callbacks (run inside the pump) -------------------------------------------------------------
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
@@ -234,8 +161,6 @@ class Producer:
             )
         flight.done[slot.index] = True
         flight.remaining -= 1
-        if flight.remaining == 0:
-            self.wake()
 
     def _on_return(self, _channel: Any, method: Any, properties: Any, _body: bytes) -> None:
         slot = self._by_mid.get(properties.message_id)
@@ -245,7 +170,6 @@ class Producer:
     def _on_channel_closed(self, _channel: Any, reason: BaseException) -> None:
         # A channel error (404, 403, 406) is the request's fault: do not retry it elsewhere.
         self._break(reason, retryable=not isinstance(reason, pika.exceptions.ChannelClosedByBroker))
-        self.wake()
 
     # --- publishing -------------------------------------------------------------------------------
 
@@ -283,15 +207,18 @@ class Producer:
                 self._by_tag[self._tag] = slot
                 self._by_mid[item.task_id] = slot
                 destination = item.destination
-                publish(destination.exchange, destination.routing_key, item.body, pika_properties(item.properties), mandatory=True)
+                properties = pika_properties(item.properties)
+                publish(destination.exchange, destination.routing_key, item.body, properties, mandatory=True)
             self._await(flight)
-        except Broken as broken:
-            broken.flight = flight
+        except Broken as exc:
+            exc.flight = flight
             raise
+        except AmqpTasksError:
+            raise  # PublishTimeout is a TimeoutError, hence an OSError: not a lost connection
         except (pika.exceptions.AMQPError, OSError) as exc:
-            broken = self._break(exc, retryable=not isinstance(exc, pika.exceptions.ChannelClosedByBroker))
-            broken.flight = flight
-            raise broken from None
+            failure = self._break(exc, retryable=not isinstance(exc, pika.exceptions.ChannelClosedByBroker))
+            failure.flight = flight
+            raise failure from None
         return flight
 
     def _await(self, flight: _Flight) -> None:
@@ -322,25 +249,6 @@ class Producer:
                     self.connection.close()
             except (pika.exceptions.AMQPError, OSError, AttributeError):
                 pass
-
-
-class _Signal:
-    __slots__ = ("_producer", "_set")
-
-    def __init__(self, producer: Producer) -> None:
-        self._producer = producer
-        self._set = False
-
-    def __call__(self, *_args: Any) -> None:
-        self._set = True
-        self._producer.wake()
-
-    def is_set(self) -> bool:
-        return self._set
-
-
-def _nothing() -> None:
-    """Scheduled with add_callback_threadsafe only to wake the connection's I/O loop."""
 
 
 class _PoolState:
@@ -384,18 +292,22 @@ class SyncPublisher:
 
     # --- pool -------------------------------------------------------------------------------------
 
-    def _checkout(self, state: _PoolState, fresh: bool) -> Producer:
-        if not fresh:
-            while True:
-                with state.lock:
-                    producer = state.idle.pop() if state.idle else None
-                if producer is None:
-                    break
-                if time.monotonic() - producer.last_used > IDLE_CHECK_AFTER:
-                    producer.try_pump_once()  # notice a connection closed while idle before using it
-                if producer.broken is None:
-                    return producer
-                self._discard(state, producer)
+    def _take_idle(self, state: _PoolState) -> tuple[Producer | None, Broken | None]:
+        """An idle producer that still works, and the failure of any found dead on the way."""
+        dead: Broken | None = None
+        while True:
+            with state.lock:
+                producer = state.idle.pop() if state.idle else None
+            if producer is None:
+                return None, dead
+            if time.monotonic() - producer.last_used > IDLE_CHECK_AFTER:
+                producer.try_pump_once()  # notice a connection closed while idle before using it
+            if producer.broken is None:
+                return producer, dead
+            dead = dead or producer.broken
+            self._discard(state, producer)
+
+    def _open(self, state: _PoolState) -> Producer:
         with state.lock:
             state.opened += 1
             number = state.opened
@@ -446,16 +358,23 @@ class SyncPublisher:
         attempt = 0
         while todo:
             state = self._current()
-            try:
-                producer = self._checkout(state, fresh=lost is not None)
-            except BrokerUnavailable:
-                if lost is None:
-                    raise  # never connected during this send: the broker is down, say so now
-                producer = None
+            # After a loss, open a fresh connection: idle ones may have died with the same broker.
+            producer, dead = (None, None) if lost is not None else self._take_idle(state)
+            lost = lost or dead
+            if producer is None:
+                try:
+                    producer = self._open(state)
+                except BrokerUnavailable:
+                    if lost is None:
+                        raise  # never connected during this send: the broker is down, say so now
+                    producer = None
             if producer is not None:
                 try:
-                    with producer.hold():
+                    producer.acquire()
+                    try:
                         flight = producer.publish([items[i] for i in todo])
+                    finally:
+                        producer.release()
                 except Broken as broken:
                     if not broken.retryable:
                         raise PublishError(f"the broker closed the channel: {broken.cause}") from None
@@ -472,7 +391,8 @@ class SyncPublisher:
                 attempt += 1
                 if attempt > self.settings.reconnect_attempts:
                     raise BrokerUnavailable(
-                        f"lost the connection to the broker at {self.settings.address.where} ({lost.cause if lost else 'closed'}); "
+                        f"lost the connection to the broker at {self.settings.address.where} "
+                        f"({lost.cause if lost else 'closed'}); "
                         f"{len(todo)} message(s) unconfirmed after {attempt} attempt(s) — they may or may not have been delivered"
                     )
                 time.sleep(self.settings.reconnect_delay * attempt)

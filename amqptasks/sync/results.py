@@ -1,90 +1,230 @@
-"""Results for the sync producer: the direct reply-to consumer of one producer channel.
+"""One pika connection shared by the thread that publishes and the threads that wait for replies.
 
 A reply arrives on the channel that published its task (that is how direct reply-to works), so
-``get()`` pumps that channel's connection — from whatever thread calls it, holding the producer's
-lock because pika's BlockingConnection is not thread-safe. Replies for other results that are
-still held arrive in the same pump and are kept, so results can be read in any order.
+``get()`` pumps that channel's connection — from whatever thread calls it, holding the
+connection's lock because pika's BlockingConnection is not thread-safe. A publisher that wants the
+connection meanwhile wakes the pumping thread (``add_callback_threadsafe``, the one thread-safe
+pika call) and gets it within one I/O turn. Replies for other results that are still held arrive
+in the same pump and are kept, so results can be read in any order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.adapters.blocking_connection
+import pika.exceptions
 
 from amqptasks.core.envelope import DIRECT_REPLY_TO, Outcome, decode_result
 from amqptasks.errors import ResultTimeout
 from amqptasks.result import ResultUnavailable
+from amqptasks.settings import Settings
 
-if TYPE_CHECKING:
-    from amqptasks.sync.publisher import Producer
+PUMP_SLICE = 0.25  # seconds a get() holds the connection before checking whether to let go
+IO_ERRORS = (pika.exceptions.AMQPError, OSError, ValueError)
 
-PUMP_SLICE = 0.25  # seconds a get() holds the connection before letting a publisher in
+
+class Broken(Exception):
+    """The connection can no longer be used. ``retryable``: it was lost (reconnect and resend)."""
+
+    def __init__(self, cause: BaseException | str, retryable: bool) -> None:
+        self.cause = cause
+        self.retryable = retryable
+        self.flight: Any = None  # the publish under way when it broke, if any
+        super().__init__(str(cause) or type(cause).__name__)
+
+
+class SharedConnection:
+    """A BlockingConnection used by one thread at a time, handed over on request."""
+
+    def __init__(self, settings: Settings, connection: pika.BlockingConnection) -> None:
+        self.settings = settings
+        self.connection = connection
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.broken: Broken | None = None
+        self.last_used = time.monotonic()
+        self._wanted = 0  # publishers waiting for the lock while a get() pumps
+        self._wanted_lock = threading.Lock()
+
+    @staticmethod
+    def signal() -> _Flag:
+        """A callback for a pika RPC reply (or timer) that records that it came."""
+        return _Flag()
+
+    def _break(self, cause: BaseException | str, retryable: bool) -> Broken:
+        if self.broken is None:
+            self.broken = Broken(cause, retryable)
+        return self.broken
+
+    def usable_here(self) -> bool:
+        return self.broken is None and self.pid == os.getpid()
+
+    def pump(self, until: Callable[[], bool], deadline: float) -> bool:
+        """Process I/O until ``until()`` or ``deadline``; the caller holds the lock. Raises Broken.
+
+        Drives pika's loop with ``_flush_output`` and our own waiters rather than
+        ``process_data_events``: our callbacks run at the channel-impl level, invisible to
+        process_data_events' own stop conditions, and its per-call bookkeeping was a measurable
+        share of a single send's CPU (scripts/bench_publish.py).
+        """
+        if until():
+            return True
+        if self.broken is not None:
+            raise self.broken
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        impl = self.connection._impl
+        expired = _Flag()
+        timer = impl._adapter_call_later(remaining, expired)
+        try:
+            self.connection._flush_output(expired.is_set, until, self._is_broken)
+        except IO_ERRORS as exc:
+            raise self._break(exc, retryable=True) from None
+        finally:
+            if not expired.is_set():
+                impl._adapter_remove_timeout(timer)
+        if self.broken is not None:
+            raise self.broken
+        return until()
+
+    def _is_broken(self) -> bool:
+        return self.broken is not None
+
+    def try_pump_once(self) -> None:
+        """Read what is waiting, if nobody else is using the connection. Never blocks, never raises."""
+        if self.broken is not None or self.pid != os.getpid() or not self.lock.acquire(blocking=False):
+            return
+        try:
+            self.connection.process_data_events(time_limit=0)
+        except IO_ERRORS as exc:
+            self._break(exc, retryable=True)
+        finally:
+            self.lock.release()
+
+    def pump_for(self, until: Callable[[], bool], slice_end: float) -> None:
+        """Pump from any thread (a get()) for at most one slice, yielding to waiting publishers."""
+        if not self.lock.acquire(timeout=max(0.0, slice_end - time.monotonic())):
+            return
+        try:
+            if self.broken is None and not until():
+                self.pump(lambda: until() or self._wanted > 0, slice_end)
+        except Broken:
+            pass  # recorded in self.broken; the caller reports it
+        finally:
+            self.lock.release()
+        if self._wanted:
+            time.sleep(0.001)  # let the publisher that woke us take the connection first
+
+    def acquire(self) -> None:
+        """Exclusive use for a publish (release with :meth:`release`); a get() pumping meanwhile
+        is woken to hand over."""
+        if self.lock.acquire(blocking=False):
+            return
+        with self._wanted_lock:
+            self._wanted += 1
+        try:
+            try:
+                self.connection.add_callback_threadsafe(_nothing)
+            except IO_ERRORS:
+                pass
+            self.lock.acquire()
+        finally:
+            with self._wanted_lock:
+                self._wanted -= 1
+
+    def release(self) -> None:
+        self.last_used = time.monotonic()
+        self.lock.release()
+
+
+class _Flag:
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def __call__(self, *_args: Any) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+def _nothing() -> None:
+    """Scheduled with add_callback_threadsafe only to wake the connection's I/O loop."""
 
 
 class Replies:
     """What arrived on one producer channel for results someone still holds (a ResultSource)."""
 
-    def __init__(self, producer: Producer) -> None:
-        self._producer = producer
+    def __init__(self, shared: SharedConnection) -> None:
+        self._shared = shared
         # task id -> outcome (None: expected, not arrived). Plain dict operations are atomic under
         # the GIL, which is all the cross-thread sharing here needs.
         self._kept: dict[str, Outcome | None] = {}
-        self.consumer_tag: str | None = None
 
-    def start(self) -> None:
+    def start(self, channel_impl: Any) -> None:
         """Consume ``amq.rabbitmq.reply-to`` (before the first publish, as the broker requires)."""
-        started = self._producer.signal()
-        impl = self._producer.channel_impl
-        impl.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True, callback=started)  # no-ack: required
-        self._producer.pump(started.is_set, time.monotonic() + self._producer.settings.confirm_timeout)
-        if not started.is_set():
+        started = self._shared.signal()
+        channel_impl.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True, callback=started)  # no-ack: required
+        if not self._shared.pump(started.is_set, time.monotonic() + self._shared.settings.confirm_timeout):
             raise ResultUnavailable("the broker did not confirm the reply consumer in time")
 
     def _on_reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
         outcome = decode_result(body, properties.correlation_id)
         if outcome.task_id in self._kept:
             self._kept[outcome.task_id] = outcome
-            self._producer.wake()
         # else: nobody holds that AsyncResult any more (or it was read already): drop it.
 
     def expect(self, task_id: str) -> None:
         """A task wanting a result is about to be published on this channel."""
         self._kept.setdefault(task_id, None)
 
+    @property
+    def held(self) -> int:
+        """How many results this channel is keeping or expecting (for tests and stats)."""
+        return len(self._kept)
+
     # --- ResultSource ---------------------------------------------------------------------------
 
     def poll(self, task_id: str) -> Outcome | None:
         outcome = self._kept.get(task_id)
-        if outcome is None and self._producer.usable_here():
-            self._producer.try_pump_once()
+        if outcome is None and self._shared.usable_here():
+            self._shared.try_pump_once()
             outcome = self._kept.get(task_id)
         return outcome
 
     def wait(self, task_id: str, timeout: float | None) -> Outcome:
-        producer = self._producer
+        shared = self._shared
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             outcome = self._kept.get(task_id)
             if outcome is not None:
                 return outcome
-            if producer.pid != os.getpid():
+            if shared.pid != os.getpid():
                 raise ResultUnavailable(
-                    f"the result of task {task_id} belongs to process {producer.pid} that sent it; "
+                    f"the result of task {task_id} belongs to process {shared.pid} that sent it; "
                     "read results in the process that sent the tasks"
                 )
-            if producer.broken is not None:
+            if shared.broken is not None:
                 raise ResultUnavailable(
                     f"the connection that was to receive the result of task {task_id} is gone "
-                    f"({producer.broken}); the task may still run, but results over RPC do not survive "
+                    f"({shared.broken}); the task may still run, but results over RPC do not survive "
                     "a lost connection"
                 )
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 raise ResultTimeout(f"no result for task {task_id} within {timeout} s; is a worker consuming its queue?")
             slice_end = now + PUMP_SLICE if deadline is None else min(deadline, now + PUMP_SLICE)
-            producer.pump_for(lambda: self._kept.get(task_id) is not None, slice_end)
+            shared.pump_for(lambda: self._kept.get(task_id) is not None, slice_end)
 
     async def await_(self, task_id: str, timeout: float | None) -> Outcome:
         outcome = self._kept.get(task_id)
@@ -95,8 +235,3 @@ class Replies:
 
     def forget(self, task_id: str) -> None:
         self._kept.pop(task_id, None)
-
-    @property
-    def held(self) -> int:
-        """How many results this channel is keeping or expecting (for tests and stats)."""
-        return len(self._kept)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -28,10 +29,13 @@ from amqptasks.core.envelope import (
     dead_letter_headers,
     encode_result,
     failure,
+    retry_headers,
 )
+from amqptasks.core.delays import delay_routing_key, entry_exchange
+from amqptasks.core.retry import Retry, decide_for_task
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable
 from amqptasks.worker.config import WorkerConfig
-from amqptasks.worker.execute import Prepared, prepare, run_async, run_sync
+from amqptasks.worker.execute import Attempt, Prepared, prepare, run_async, run_sync
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -201,32 +205,47 @@ class Consumer:
         if self._stopping.is_set():
             await self._release(delivery)
             return
+        if message.expires_ms is not None and time.time() * 1000 > message.expires_ms:
+            await self._reject_expired(delivery, queue, message.id, message.task, reply_to, prepared)
+            return
         if log.isEnabledFor(logging.INFO):
             log.info("Received task: %s[%s]", message.task, message.id)
         started = time.perf_counter()
-        outcome = await self._execute(prepared)
-        if outcome is None:  # stopped before it could start
+        attempt = await self._execute(prepared)
+        if attempt is None:  # stopped before it could start
             await self._release(delivery)
             return
+        outcome = attempt.outcome
         elapsed = time.perf_counter() - started
         if outcome.successful:
             if log.isEnabledFor(logging.INFO):
                 log.info("Task %s[%s] succeeded in %.6fs: %.200r", message.task, message.id, elapsed, outcome.value)
         else:
-            log.error("Task %s[%s] failed in %.6fs: %s: %s", message.task, message.id, elapsed, outcome.exc_type, outcome.exc_message)
+            decision = decide_for_task(prepared.task.options, retries=message.retries, error=attempt.error)
+            if isinstance(decision, Retry):
+                await self._retry(delivery, queue, decision)
+                log.warning(
+                    "Task %s[%s] failed (%s: %s); retry %d in %.3fs",
+                    message.task, message.id, outcome.exc_type, outcome.exc_message, decision.retries, decision.countdown,
+                )
+                await self._ack(delivery)
+                return
+            log.error(
+                "Task %s[%s] failed in %.6fs: %s: %s", message.task, message.id, elapsed, outcome.exc_type, outcome.exc_message
+            )
         if reply_to and not prepared.task.options.ignore_result:
             await self._reply(reply_to, outcome)
         if not outcome.successful:
             await self._dead_letter(
                 delivery,
                 queue,
-                reason=f"task raised {outcome.exc_type}",
+                reason=decision.reason,
                 exc=(outcome.exc_type, outcome.exc_message, outcome.traceback),
             )
         await self._ack(delivery)
         self.completed += 1
 
-    async def _execute(self, prepared: Prepared) -> Outcome | None:
+    async def _execute(self, prepared: Prepared) -> Attempt | None:
         if prepared.task.is_async:
             return await run_async(prepared)
         async with self._slots:
@@ -234,6 +253,22 @@ class Consumer:
                 return None
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._pool, run_sync, prepared)
+
+    async def _reject_expired(
+        self,
+        delivery: aiormq.abc.DeliveredMessage,
+        queue: str,
+        task_id: str,
+        task: str,
+        reply_to: str | None,
+        prepared: Prepared,
+    ) -> None:
+        reason = "expired: delivered after its expires time; not run"
+        log.warning("Task %s[%s] %s", task, task_id, reason)
+        if reply_to and not prepared.task.options.ignore_result:
+            await self._reply(reply_to, failure(task_id, "TaskExpired", reason))
+        await self._dead_letter(delivery, queue, reason=reason)
+        await self._ack(delivery)
 
     async def _reject_poison(self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage) -> None:
         props = delivery.header.properties
@@ -293,6 +328,30 @@ class Consumer:
             assert self._confirm is not None
             await self._confirm.queue_declare(fallback, durable=True)
             await self._publish_confirmed(delivery.body, DeadLetterTarget("", fallback), properties)
+
+    async def _retry(self, delivery: aiormq.abc.DeliveredMessage, queue: str, decision: Retry) -> None:
+        """Republish to this queue through the delay cascade, confirmed, before the ack (never requeue)."""
+        props = delivery.header.properties
+        now_ms = int(time.time() * 1000)
+        delay_ms = math.ceil(decision.countdown * 1000)
+        headers = retry_headers(props.headers, retries=decision.retries, due_ms=now_ms + delay_ms)
+        properties = spec.Basic.Properties(
+            content_type=props.content_type,
+            delivery_mode=2,
+            message_id=props.message_id,
+            correlation_id=props.correlation_id,
+            reply_to=props.reply_to,
+            priority=props.priority,
+            timestamp=props.timestamp,
+            headers=headers,
+        )
+        if delay_ms <= 0:
+            target = DeadLetterTarget("", queue)
+        else:
+            target = DeadLetterTarget(
+                entry_exchange(prefix=self.app.settings.delay_prefix), delay_routing_key(delay_ms, "", queue)
+            )
+        await self._publish_confirmed(delivery.body, target, properties)
 
     async def _publish_confirmed(self, body: bytes, target: DeadLetterTarget, properties: spec.Basic.Properties) -> None:
         assert self._confirm is not None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.core.envelope import Outcome, PoisonMessage, TaskMessage, failure, success
+from amqptasks.errors import TaskRetry
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -37,6 +38,14 @@ class BoundTask:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._task, name)
+
+    def retry(self, exc: BaseException | None = None, countdown: float | None = None) -> TaskRetry:
+        """Ask for this task to run again after ``countdown`` seconds (default: the task's backoff).
+
+        Raises :class:`TaskRetry` (so ``raise self.retry(exc=e)`` and a bare ``self.retry()`` both
+        work); after ``max_retries`` the message is dead-lettered with ``exc``.
+        """
+        raise TaskRetry(exc=exc, countdown=countdown)
 
 
 @dataclass(frozen=True)
@@ -89,19 +98,33 @@ def describe_exception(exc: BaseException) -> tuple[str, str, str]:
     return name, str(exc), "".join(tb.format_exception(exc))
 
 
-def run_sync(prepared: Prepared) -> Outcome:
+@dataclass(frozen=True)
+class Attempt:
+    """What one run produced: the outcome, and the exception behind a failure (for the retry decision)."""
+
+    outcome: Outcome
+    error: BaseException | None = None
+
+
+def _failed(task_id: str, exc: Exception) -> Attempt:
+    # A retry request reports the error that caused it, if it names one.
+    shown = exc.exc if isinstance(exc, TaskRetry) and exc.exc is not None else exc
+    return Attempt(failure(task_id, *describe_exception(shown)), exc)
+
+
+def run_sync(prepared: Prepared) -> Attempt:
     """Call a plain function task; any exception becomes a FAILURE outcome."""
     try:
         value = prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
     except Exception as exc:  # a task's failure is data, not a worker crash
-        return failure(prepared.message.id, *describe_exception(exc))
-    return success(prepared.message.id, value)
+        return _failed(prepared.message.id, exc)
+    return Attempt(success(prepared.message.id, value))
 
 
-async def run_async(prepared: Prepared) -> Outcome:
+async def run_async(prepared: Prepared) -> Attempt:
     """Await an ``async def`` task; any exception becomes a FAILURE outcome."""
     try:
         value = await prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
     except Exception as exc:
-        return failure(prepared.message.id, *describe_exception(exc))
-    return success(prepared.message.id, value)
+        return _failed(prepared.message.id, exc)
+    return Attempt(success(prepared.message.id, value))

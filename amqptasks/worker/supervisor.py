@@ -19,6 +19,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
 from amqptasks.core.deadletter import with_implicit_queues
+from amqptasks.core.provision import with_delays
 from amqptasks.worker.banner import banner
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.consumer import Consumer
@@ -47,7 +48,8 @@ def configure_logging(level: str) -> None:
 
 
 def prepare_topology(app: App, config: WorkerConfig) -> Topology:
-    """The app's topology plus a durable, dead-lettered declaration for any queue only the CLI names."""
+    """The app's topology, a durable dead-lettered declaration for any queue only the CLI names, and
+    the delay cascade with landing queues (retries travel through it)."""
     topology, added = with_implicit_queues(app.topology, list(config.queues))
     for name in added:
         log.warning(
@@ -55,7 +57,7 @@ def prepare_topology(app: App, config: WorkerConfig) -> Topology:
             name,
             name,
         )
-    return topology
+    return with_delays(topology, prefix=app.settings.delay_prefix)
 
 
 def provision(app: App, topology: Topology) -> None:

@@ -51,6 +51,7 @@ class Responder:
             params.client_properties = {"connection_name": f"responder {self.queue}"}
             connection = pika.BlockingConnection(params)
             channel = connection.channel()
+            channel.queue_declare(self.queue, durable=True)  # as the app's topology declares it
             channel.basic_qos(prefetch_count=100)
             channel.basic_consume(self.queue, self._on_message)
             self._ready.set()
@@ -203,10 +204,10 @@ def test_async_results_in_any_order(app: App, unique: str, broker_url: str) -> N
             await (await boom.adelay()).aget(timeout=10)
         with pytest.raises(ResultTimeout):
             await (await silent.adelay()).aget(timeout=0.3)
-        blocking = await add.adelay(5, 5)
         with pytest.raises(AmqpTasksError, match="would block the event loop"):
-            blocking.get(timeout=1)
-        assert await asyncio.to_thread(blocking.get, 10) == 10  # get() from another thread works
+            (await silent.adelay()).get(timeout=1)  # not arrived (never will): get() must not block the loop
+        elsewhere = await add.adelay(5, 5)
+        assert await asyncio.to_thread(elsewhere.get, 10) == 10  # get() from another thread works
         sync_sent = add.delay(6, 6)  # a sync-sent result can be awaited too
         assert await sync_sent.aget(timeout=10) == 12
         await app.aclose()

@@ -9,13 +9,22 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
 
-from amqptasks import App, BrokerUnavailable, PublishError, ResultUnavailable, UnroutableError
+from amqptasks import (
+    App,
+    BrokerUnavailable,
+    PublishError,
+    PublishTimeout,
+    ResultUnavailable,
+    Settings,
+    UnroutableError,
+)
 
 ROUTING_TOPOLOGY = """\
 exchanges:
@@ -279,6 +288,7 @@ def test_the_next_send_after_the_connection_was_closed_succeeds(app: App, unique
     assert close_connections(f"amqptasks producer {unique} ") == 1
     time.sleep(0.2)  # let the close reach the client socket
     add.delay(2, 2)
+    assert app._sync is not None and app._sync._state.opened == 2  # a new connection, not a hang
     assert wait_count(channel, f"{unique}.plain", 2) == 2
     with pytest.raises(ResultUnavailable, match="connection .* is gone"):  # its reply channel died
         first.get(timeout=5)
@@ -295,4 +305,67 @@ def test_a_send_on_a_connection_closed_unnoticed_is_retried(app: App, unique: st
     for producer in app._sync._state.idle:
         producer.last_used = time.monotonic()  # skip the idle check: publish onto the dead socket
     add.delay(2, 2)
-    assert wait_count(channel, f"{unique}.plain", 2) == 2
+    assert app._sync._state.opened == 2
+    assert wait_count(channel, f"{unique}.plain", 2) == 2  # resent once: the lost publish was never confirmed
+
+
+def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(
+    tmp_path: Path, unique: str, cleanup: Any, broker_url: str
+) -> None:
+    settings = Settings(broker_url=broker_url, reconnect_attempts=3, reconnect_delay=0.05)
+    app = queue_app(tmp_path, unique, cleanup, broker_url)
+    app.settings = settings
+
+    @app.task(name=f"{unique}.t", queue=unique)
+    def t() -> None: ...
+
+    try:
+        t.delay()
+        assert app._sync is not None
+        app._sync.settings = settings.with_broker(closed_port_url()[0])  # reconnects now find nobody
+        assert close_connections(f"amqptasks producer {unique} ") == 1
+        time.sleep(0.2)
+        start = time.monotonic()
+        with pytest.raises(BrokerUnavailable, match=r"lost the connection .* after 4 attempt"):
+            t.delay()
+        assert time.monotonic() - start < 2.0
+    finally:
+        app.close()
+
+
+# --- confirms: nack and timeout -----------------------------------------------------------------
+
+
+def test_a_nack_raises_publish_error(tmp_path: Path, unique: str, cleanup: Any, broker_url: str) -> None:
+    cleanup.queue(unique)
+    path = tmp_path / "full.yaml"
+    path.write_text(f"queues:\n  {unique}: {{max_length: 1, overflow: reject-publish}}\n")
+    app = App(unique, broker=broker_url, topology=str(path))
+
+    @app.task(name=f"{unique}.t", queue=unique, ignore_result=True)
+    def t() -> None: ...
+
+    try:
+        t.delay()
+        with pytest.raises(PublishError, match="nacked"):
+            t.delay()
+    finally:
+        app.close()
+
+
+def test_a_confirm_that_does_not_come_raises_publish_timeout(app: App, unique: str) -> None:
+    @app.task(name=f"{unique}.t", queue=f"{unique}.plain")
+    def t() -> None: ...
+
+    t.delay()
+    assert app._sync is not None
+    producer = app._sync._state.idle[0]
+    producer.settings = replace(producer.settings, confirm_timeout=0.3)
+    producer._settle = lambda tag, ack: None  # type: ignore[method-assign]  # acks "never arrive"
+    start = time.monotonic()
+    with pytest.raises(PublishTimeout, match="not confirmed within 0.3 s"):
+        t.delay()
+    assert 0.3 <= time.monotonic() - start < 1.0
+    del producer._settle
+    producer.settings = app.settings
+    t.delay()  # the producer goes on; the timed-out message's tag was abandoned

@@ -56,9 +56,12 @@ def test_apply_prints_what_it_declared_then_no_changes(
 ) -> None:
     register(cleanup, unique)
     path = write(tmp_path, "topology.yaml", topology_yaml(unique))
-    args = ["topology", "apply", path, "--broker", broker_url, "--management-url", management_url]
+    # --no-delays: this test is about the file's own entities (the cascade is tested below).
+    args = ["topology", "apply", path, "--broker", broker_url, "--management-url", management_url, "--no-delays"]
 
-    planned = runner.invoke(cli, ["topology", "plan", path, "--broker", broker_url, "--management-url", management_url])
+    planned = runner.invoke(
+        cli, ["topology", "plan", path, "--broker", broker_url, "--management-url", management_url, "--no-delays"]
+    )
     assert planned.exit_code == 0, planned.output
     assert f"+ queue {unique}.work (classic): create" in planned.stdout
 
@@ -72,6 +75,25 @@ def test_apply_prints_what_it_declared_then_no_changes(
     assert second.exit_code == 0, second.output
     assert second.stdout.startswith("No changes")
     assert "created" not in second.stdout
+
+
+def test_plan_and_apply_include_the_delay_cascade_by_default(
+    runner: CliRunner, tmp_path: Path, broker_url: str, management_url: str, unique: str, cleanup: Any
+) -> None:
+    from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, entry_exchange, landing_queue
+
+    register(cleanup, unique)
+    path = write(tmp_path, "topology.yaml", topology_yaml(unique))
+    broker = ["--broker", broker_url, "--management-url", management_url]
+    planned = runner.invoke(cli, ["topology", "plan", path, *broker, "--verbose"])
+    assert planned.exit_code == 0, planned.output
+    assert f"{DELAY_EXCHANGE_PREFIX}.0.1" in planned.stdout and entry_exchange() in planned.stdout
+    assert landing_queue("", f"{unique}.work") in planned.stdout
+    applied = runner.invoke(cli, ["topology", "apply", path, *broker])
+    assert applied.exit_code == 0, applied.output
+    assert f"created queue {landing_queue('', f'{unique}.work')} (quorum)" in applied.stdout
+    again = runner.invoke(cli, ["topology", "apply", path, *broker])
+    assert again.stdout.startswith("No changes"), again.stdout
 
 
 def test_conflict_exits_1_and_declares_nothing(

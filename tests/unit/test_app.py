@@ -325,7 +325,7 @@ def test_a_dropped_result_releases_its_reply() -> None:
 
 
 def test_ignore_result_get_raises_at_once() -> None:
-    result = AsyncResult("i", "emails.send", None, why_none="task emails.send has ignore_result=True")
+    result = AsyncResult("i", "emails.send", None, ignored=True)
     with pytest.raises(ResultUnavailable, match="ignore_result=True"):
         result.get(timeout=100)
     assert result.status == "PENDING" and not result.ready()

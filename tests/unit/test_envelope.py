@@ -78,7 +78,8 @@ def test_result_success_round_trip_and_json_shape() -> None:
 
 def test_result_failure_round_trip_raises_task_error() -> None:
     body, _ = encode_result(failure("i", "ValueError", "boom", "Traceback ..."))
-    assert json.loads(body) == {"id": "i", "status": "FAILURE", "exc_type": "ValueError", "exc_message": "boom", "traceback": "Traceback ..."}
+    assert json.loads(body) == {
+        "id": "i", "status": "FAILURE", "exc_type": "ValueError", "exc_message": "boom", "traceback": "Traceback ..."}
     with pytest.raises(TaskError) as caught:
         decode_result(body).unwrap()
     assert (caught.value.exc_type, caught.value.exc_message, caught.value.traceback, caught.value.task_id) == (

@@ -1,0 +1,37 @@
+"""amqptasks tasks for the benchmark; configured by BENCH_* environment variables."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from amqptasks import App
+
+QUEUE = os.environ["BENCH_QUEUE"]
+DONE = os.environ.get("BENCH_DONE", os.devnull)
+
+app = App("bench_amqptasks", broker=os.environ["BENCH_URL"], topology=os.environ["BENCH_TOPOLOGY"])
+
+
+@app.task(queue=QUEUE, ignore_result=True)
+def noop() -> None:
+    with open(DONE, "ab") as f:
+        f.write(b".")
+
+
+@app.task(queue=QUEUE, ignore_result=True)
+async def anoop() -> None:
+    with open(DONE, "ab") as f:
+        f.write(b".")
+
+
+@app.task(queue=QUEUE)
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@app.task(queue=QUEUE, ignore_result=True)
+def late(due: float) -> None:
+    lateness = time.time() - due
+    with open(DONE, "a") as f:
+        f.write(f"{lateness:.6f}\n")
