@@ -90,6 +90,7 @@ class App:
         self._base = Path(caller).resolve().parent if isinstance(caller, str) else None
         self._topology_paths = _paths(topology, self._base)  # missing files fail here, at import time
         self._topology: Topology | None = None
+        self._provisioned: tuple[Topology | None, Topology | None] = (None, None)
         self.tasks: dict[str, Task] = {}
         self._batch: contextvars.ContextVar[Batch | None] = contextvars.ContextVar(f"amqptasks-batch-{id(self)}", default=None)
         self._sync: SyncPublisher | None = None
@@ -114,6 +115,19 @@ class App:
 
             self._topology = load_topology(list(self.topology_paths))
         return self._topology
+
+    @property
+    def provisioned_topology(self) -> Topology:
+        """What producers declare: :attr:`topology` plus the delay cascade and its landing queues."""
+        topology = self.topology
+        cached_for, provisioned = self._provisioned
+        if cached_for is not topology:
+            from amqptasks.core.provision import with_delays
+
+            provisioned = with_delays(topology, prefix=self.settings.delay_prefix)
+            self._provisioned = (topology, provisioned)
+        assert provisioned is not None
+        return provisioned
 
     def configured(self, *, broker: str | None = None, topology: TopologyPaths = None) -> App:
         """Point this app at another broker and/or topology (the CLI's ``--broker``/``--topology``).
@@ -181,7 +195,7 @@ class App:
 
             with self._lock:
                 if self._sync is None:
-                    self._sync = SyncPublisher(self.settings, lambda: self.topology, self.main)
+                    self._sync = SyncPublisher(self.settings, lambda: self.provisioned_topology, self.main)
                 publisher = self._sync
         return publisher
 
@@ -192,7 +206,7 @@ class App:
 
             with self._lock:
                 if self._async is None:
-                    self._async = AsyncPublisher(self.settings, lambda: self.topology, self.main)
+                    self._async = AsyncPublisher(self.settings, lambda: self.provisioned_topology, self.main)
                 publisher = self._async
         return publisher
 

@@ -157,6 +157,7 @@ class Task:
             eta_ms=options.eta_ms(now_ms),
             headers=options.headers,
             now_ms=now_ms,
+            delay_prefix=self.app.settings.delay_prefix,
         )
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:

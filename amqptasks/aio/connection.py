@@ -26,7 +26,7 @@ async def aconnect(settings: Settings, name: str, *, robust: bool = False) -> ai
             factory(_url_with_name(settings, name), timeout=settings.connect_timeout),
             timeout=settings.connect_timeout + 1,
         )
-    except (aiormq.exceptions.ProbableAuthenticationError,) as exc:
+    except aiormq.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(
             f"broker at {address.where} refused the credentials of user {address.username!r}"
         ) from None

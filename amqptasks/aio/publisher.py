@@ -26,7 +26,9 @@ from aiormq import spec
 from amqptasks.aio.connection import aconnect
 from amqptasks.aio.results import AsyncReplies
 from amqptasks.core.envelope import Properties
-from amqptasks.core.routing import Outgoing
+from amqptasks.core.delays import landing_for
+from amqptasks.core.provision import destinations
+from amqptasks.core.routing import Destination, Outgoing
 from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
 from amqptasks.settings import Settings
@@ -69,6 +71,7 @@ class AsyncProducer:
         self.pid = os.getpid()
         self.broken: BaseException | None = None
         self._known_exchanges = {"", *topology.exchanges}
+        self._landings = set(destinations(topology))  # delay landing queues provisioned with the topology
         self._sequence = 0
         self._inflight: dict[int, tuple[float, asyncio.Task[Any] | None]] = {}
         self._expired: set[int] = set()
@@ -113,7 +116,12 @@ class AsyncProducer:
 
     def ready_for(self, item: Outgoing) -> bool:
         """Usable here and now for ``item`` without any await first."""
-        return self.broken is None and item.destination.exchange in self._known_exchanges and self.pid == os.getpid()
+        return (
+            self.broken is None
+            and item.destination.exchange in self._known_exchanges
+            and (item.landing is None or (item.landing.exchange, item.landing.routing_key) in self._landings)
+            and self.pid == os.getpid()
+        )
 
     async def _check_exchange(self, exchange: str) -> None:
         """Publishing to a missing exchange closes the channel (and its replies): ask first."""
@@ -131,6 +139,17 @@ class AsyncProducer:
             if not probe.is_closed:
                 await probe.close()
         self._known_exchanges.add(exchange)
+
+    async def _ensure_landing(self, target: Destination) -> None:
+        """A delayed message to a destination the topology does not name needs its landing queue."""
+        key = (target.exchange, target.routing_key)
+        if key in self._landings:
+            return
+        from amqptasks.aio.topology import aprovision
+
+        await self._check_exchange(target.exchange)
+        await aprovision(self.connection, landing_for(*key, prefix=self.settings.delay_prefix))
+        self._landings.add(key)
 
     async def publish_one(self, item: Outgoing) -> BaseException | None:
         """Publish and await the confirm: the error for this message, or None. Raises _Lost."""
@@ -202,11 +221,13 @@ class AsyncProducer:
 
     async def publish(self, items: Sequence[Outgoing]) -> tuple[list[BaseException | None], list[bool]]:
         """Publish all with confirms in flight together: (error per item, done per item)."""
-        for exchange in {item.destination.exchange for item in items}:
-            try:
+        try:
+            for exchange in {item.destination.exchange for item in items}:
                 await self._check_exchange(exchange)
-            except LOST as exc:
-                raise _Lost(exc) from None
+            for landing in {item.landing for item in items if item.landing is not None}:
+                await self._ensure_landing(landing)
+        except LOST as exc:
+            raise _Lost(exc) from None
         if len(items) == 1:  # the common single send skips gather's task per message
             return [await self.publish_one(items[0])], [True]
         outcomes = await asyncio.gather(*(self.publish_one(item) for item in items), return_exceptions=True)

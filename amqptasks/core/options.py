@@ -7,13 +7,15 @@ bad value fails when the module is imported, not when the first message is sent 
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 from amqptasks.core import envelope
+from amqptasks.core.delays import due_ms, expires_ms_for
 from amqptasks.errors import ConfigurationError
 
 MAX_SHORTSTR = 255  # AMQP short strings (names, routing keys) are at most 255 bytes
@@ -192,32 +194,24 @@ class SendOptions:
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ConfigurationError(f"send: task_id must be a non-empty string, got {self.task_id!r}")
         if self.countdown is not None or self.eta is not None:
-            # Delays must live in the broker (DESIGN §1.1), never in worker memory; until the delay
-            # exchanges exist we refuse rather than deliver early.
-            raise ConfigurationError(
-                "countdown=/eta= are not available yet: delays arrive with broker-side delay support; "
-                "send without them for now"
-            )
+            # Rejects negative, naive, both given, or beyond the cascade's range — before any I/O.
+            due_ms(now_ms=time.time_ns() // 1_000_000, countdown=self.countdown, eta=self.eta)
 
     def expires_ms(self, now_ms: int, default_seconds: float | None) -> int | None:
         """Epoch milliseconds after which the task must not run, or None."""
         value = self.expires if self.expires is not None else default_seconds
         if value is None:
             return None
-        if isinstance(value, datetime):
-            moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-            return int(moment.timestamp() * 1000)
         if isinstance(value, timedelta):
-            return now_ms + int(value.total_seconds() * 1000)
-        return now_ms + int(value * 1000)
+            value = value.total_seconds()
+        return expires_ms_for(now_ms=now_ms, expires=value)
 
     def eta_ms(self, now_ms: int) -> int | None:
-        """When the task is due (epoch ms), or None for "now".
-
-        Always None today (``__post_init__`` refuses delays); broker-side delays compute it here
-        and :func:`amqptasks.core.routing.plan_delivery` turns it into a delay route.
-        """
-        return None
+        """When the task is due (epoch ms), or None for "now";
+        :func:`amqptasks.core.routing.plan_delivery` turns a future one into a delay route."""
+        if self.countdown is None and self.eta is None:
+            return None
+        return due_ms(now_ms=now_ms, countdown=self.countdown, eta=self.eta)
 
 
 SEND_OPTION_NAMES: tuple[str, ...] = tuple(f.name for f in fields(SendOptions))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, delay_routing_key, entry_exchange
 from amqptasks.core import envelope
 from amqptasks.core.topology import DEFAULT_EXCHANGE, DEFAULT_QUEUE, Route
 
@@ -89,13 +90,19 @@ def resolve(
     return Destination(DEFAULT_EXCHANGE if exchange is None else exchange, routing_key or "")
 
 
-def plan_delivery(destination: Destination, eta_ms: int | None, now_ms: int) -> Destination:
-    """Where a message due at ``eta_ms`` is published. Today: due now, so the destination itself.
+def plan_delivery(
+    destination: Destination, eta_ms: int | None, now_ms: int, delay_prefix: str = DELAY_EXCHANGE_PREFIX
+) -> tuple[Destination, Destination | None]:
+    """Where a message due at ``eta_ms`` is published, and the destination whose delay landing
+    queue must exist (None when it is due now and goes straight to ``destination``).
 
-    Broker-side delays hook in here: a future ``eta_ms`` maps to the delay exchange and a routing
-    key encoding the delay and ``destination`` (DESIGN §3); nothing else in the send path changes.
+    A future ``eta_ms`` goes to the delay cascade's entry exchange with a routing key spelling the
+    delay and the destination (DESIGN §3); the broker holds it, no consumer does.
     """
-    return destination
+    if eta_ms is None or eta_ms <= now_ms:
+        return destination, None
+    key = delay_routing_key(eta_ms - now_ms, destination.exchange, destination.routing_key)
+    return Destination(entry_exchange(prefix=delay_prefix), key), destination
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,7 @@ class Outgoing:
     body: bytes
     properties: envelope.Properties
     destination: Destination
+    landing: Destination | None = None  # a delayed message's real destination (its landing queue must exist)
 
     @property
     def wants_result(self) -> bool:
@@ -126,6 +134,7 @@ def outgoing(
     eta_ms: int | None,
     headers: Mapping[str, Any],
     now_ms: int,
+    delay_prefix: str = DELAY_EXCHANGE_PREFIX,
 ) -> Outgoing:
     """Encode a task message per docs/protocol.md. Replies use direct reply-to (see there why)."""
     message = envelope.TaskMessage(
@@ -140,4 +149,5 @@ def outgoing(
         extra_headers=headers,
     )
     body, properties = envelope.encode_task(message, timestamp=now_ms // 1000)
-    return Outgoing(task_id, task_name, body, properties, plan_delivery(destination, eta_ms, now_ms))
+    publish_to, landing = plan_delivery(destination, eta_ms, now_ms, delay_prefix)
+    return Outgoing(task_id, task_name, body, properties, publish_to, landing)

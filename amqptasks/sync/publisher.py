@@ -35,7 +35,9 @@ import pika.exceptions
 from pika.spec import Basic
 
 from amqptasks.core.envelope import Properties
-from amqptasks.core.routing import Outgoing
+from amqptasks.core.delays import landing_for
+from amqptasks.core.provision import destinations
+from amqptasks.core.routing import Destination, Outgoing
 from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
 from amqptasks.settings import Settings
@@ -114,6 +116,7 @@ class Producer(SharedConnection):
         self._by_tag: dict[int, _Slot] = {}
         self._by_mid: dict[str, _Slot] = {}
         self._known_exchanges = {"", *topology.exchanges}
+        self._landings = set(destinations(topology))  # delay landing queues provisioned with the topology
         try:
             provision(self.connection, topology)
             self.channel = self.connection.channel()
@@ -192,12 +195,25 @@ class Producer(SharedConnection):
                 probe.close()
         self._known_exchanges.add(exchange)
 
+    def _ensure_landing(self, target: Destination) -> None:
+        """A delayed message to a destination the topology does not name needs its landing queue."""
+        key = (target.exchange, target.routing_key)
+        if key in self._landings:
+            return
+        from amqptasks.sync.topology import provision
+
+        self._check_exchange(target.exchange)
+        provision(self.connection, landing_for(*key, prefix=self.settings.delay_prefix))
+        self._landings.add(key)
+
     def publish(self, items: Sequence[Outgoing]) -> _Flight:
         """Publish all, then wait for every confirm. Raises Broken (with ``flight``) or PublishTimeout."""
         flight = _Flight(len(items))
         try:
             for item in items:
                 self._check_exchange(item.destination.exchange)
+                if item.landing is not None:
+                    self._ensure_landing(item.landing)
             publish = self.channel_impl.basic_publish
             for index, item in enumerate(items):
                 if item.wants_result:

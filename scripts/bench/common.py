@@ -9,7 +9,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,29 +49,45 @@ def _admin() -> pika.BlockingConnection:
     return pika.BlockingConnection(pika.URLParameters(URL))
 
 
-def queue_depth(queue: str) -> tuple[int, int]:
+def queue_depth(queue: str, connection: pika.BlockingConnection | None = None) -> tuple[int, int]:
     """(messages ready, consumers) of ``queue``; (-1, -1) if it does not exist (yet)."""
-    connection = _admin()
+    own = connection is None
+    connection = connection or _admin()
+    channel = connection.channel()
     try:
-        ok = connection.channel().queue_declare(queue, passive=True)
+        ok = channel.queue_declare(queue, passive=True)
         return ok.method.message_count, ok.method.consumer_count
     except pika.exceptions.ChannelClosedByBroker:
         return -1, -1
     finally:
+        if channel.is_open:
+            channel.close()
+        if own and connection.is_open:
+            connection.close()
+
+
+def poll_queue(queue: str, done: Callable[[int, int], bool], timeout: float, what: str,
+               check: Callable[[], None] = lambda: None) -> None:
+    """Poll ``queue_depth`` on one connection until ``done(ready, consumers)``; BenchError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    connection = _admin()
+    depth = (-1, -1)
+    try:
+        while time.monotonic() < deadline:
+            check()
+            depth = queue_depth(queue, connection)
+            if done(*depth):
+                return
+            time.sleep(0.1)
+    finally:
         if connection.is_open:
             connection.close()
+    raise BenchError(f"{what} on {queue} after {timeout:.0f}s (ready, consumers = {depth})")
 
 
 def wait_depth(queue: str, count: int, timeout: float) -> None:
     """Wait until ``queue`` holds ``count`` ready messages (publishers without confirms lag)."""
-    deadline = time.monotonic() + timeout
-    depth = -1
-    while time.monotonic() < deadline:
-        depth = queue_depth(queue)[0]
-        if depth >= count:
-            return
-        time.sleep(0.1)
-    raise BenchError(f"queue {queue} holds {depth} of {count} messages after {timeout:.0f}s")
+    poll_queue(queue, lambda ready, _consumers: ready >= count, timeout, f"not {count} messages")
 
 
 def delete_entities(queues: Iterable[str] = (), exchanges: Iterable[str] = ()) -> None:
@@ -156,14 +173,26 @@ def memory_kb(pids: Iterable[int]) -> tuple[int, int]:
 
 
 def broker_pid() -> int | None:
-    """The RabbitMQ Erlang VM (beam.smp) on this machine, if it is local."""
+    """The local process listening on the broker URL's port (RabbitMQ's beam.smp), if any."""
+    port = urllib.parse.urlsplit(URL).port or 5672
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if Path(f"/proc/{entry.name}/comm").read_text().strip().startswith("beam"):
-                    return int(entry.name)
-            except OSError:
-                continue
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / "fd").iterdir()):
+                return int(entry.name)
+        except OSError:
+            continue
     return None
 
 
@@ -173,6 +202,8 @@ def broker_pid() -> int | None:
 def bench_env(**values: Any) -> dict[str, str]:
     """The environment for a worker or client: BENCH_* values, the task modules importable."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_URL=URL, AMQPTASKS_BROKER_URL=URL)
+    if os.environ.get("BENCH_MANAGEMENT_URL"):  # a broker on another port has its API elsewhere too
+        env["AMQPTASKS_MANAGEMENT_URL"] = os.environ["BENCH_MANAGEMENT_URL"]
     env["PYTHONPATH"] = os.pathsep.join([str(TASKS_DIR), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     for key, value in values.items():
         if value is not None and value is not False:
@@ -228,13 +259,7 @@ class Worker:
         return process_tree(self.pid)
 
     def wait_consumers(self, queue: str, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check()
-            if queue_depth(queue)[1] >= count:
-                return
-            time.sleep(0.1)
-        raise BenchError(f"{count} consumer(s) not on {queue} after {timeout:.0f}s")
+        poll_queue(queue, lambda _ready, consumers: consumers >= count, timeout, f"not {count} consumer(s)", self.check)
 
     def stop(self, grace: float = 8.0) -> None:
         if self.process is None:

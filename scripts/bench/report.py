@@ -24,7 +24,8 @@ TARGETS: list[tuple[str, str, str, str, float]] = [
 ]
 EXTRA = {
     "publish": [],
-    "drain": [("broker_cpu_pct", "broker CPU %"), ("worker_cpu_pct", "worker CPU %")],
+    "drain": [("broker_cpu_pct", "broker CPU %"), ("worker_cpu_pct", "worker CPU %"),
+              ("broker_us_per_task", "broker CPU µs/task"), ("worker_us_per_task", "worker CPU µs/task")],
     "rpc": [("p99_ms", "p99 ms"), ("mean_ms", "mean ms")],
     "memory": [("pss_mb", "PSS MiB"), ("processes", "processes")],
     "delay": [("p99_ms", "p99 ms"), ("max_ms", "max ms"), ("early", "early")],
@@ -51,6 +52,8 @@ def summarize(scenario: str, systems: list[System], samples: dict[str, list[Samp
     rows = []
     for system in systems:
         runs = samples.get(system.key, [])
+        if not runs:  # not selected (--systems)
+            continue
         values = [v for v in (_value(s, key) for s in runs) if v is not None]
         notes = sorted({s.get("error") or s.get("skipped") for s in runs if "error" in s or "skipped" in s})
         row: dict[str, Any] = {
@@ -85,7 +88,7 @@ def _fmt(value: float | None, digits: int = 0) -> str:
 
 def markdown(meta: dict[str, Any], summary: dict[str, list[dict[str, Any]]], verdicts: list[dict[str, Any]]) -> str:
     lines = [f"# amqptasks benchmark — {meta['date']}", "", f"`{meta['command']}`", "",
-             f"{meta['machine']}; {meta['repeats']} interleaved repeats after a warm-up round; "
+             f"{meta['machine']} (broker {meta.get('broker', '?')}); {meta['repeats']} interleaved repeats after a warm-up round; "
              "ratio = median over repeats of (amqptasks / peer) for the scenario's figure.", ""]
     for scenario, rows in summary.items():
         _key, unit, higher = METRIC[scenario]
@@ -126,6 +129,8 @@ def plot(summary: dict[str, list[dict[str, Any]]], path: Path) -> None:
         colors = ["tab:green" if r["system"].startswith("at") else "tab:gray" for r in rows]
         ax.barh(labels, values, xerr=errors, color=colors, capsize=3)
         ax.invert_yaxis()
+        if values and min(values) > 0 and max(values) / min(values) > 50:
+            ax.set_xscale("log")  # e.g. delay lateness: 2 ms beside 500 ms
         ax.set_title(f"{scenario}: {unit} ({'higher' if higher else 'lower'} is better; bars = median, whiskers = min–max)",
                      fontsize=9)
         ax.tick_params(labelsize=8)
@@ -141,5 +146,6 @@ def write(results_dir: Path, meta: dict[str, Any], samples: dict[str, dict[str, 
     data = {"meta": meta, "summary": summary, "targets": verdicts, "samples": samples}
     (results_dir / "bench.json").write_text(json.dumps(data, indent=1, default=str))
     (results_dir / "bench.md").write_text(markdown(meta, summary, verdicts))
-    plot(summary, results_dir / "bench.png")
+    if summary:
+        plot(summary, results_dir / "bench.png")
     return data

@@ -7,7 +7,8 @@ pika / aio-pika, on one RabbitMQ, interleaved (A B C A B C ...) after a warm-up 
 
 Writes results/bench.json, results/bench.md and results/bench.png (and, with --profile,
 results/profile-*.txt). Compare ratios measured in one run, never absolute figures across runs:
-the machine is shared with the broker. Broker URL: BENCH_URL (default the local guest account).
+the machine is shared with the broker. Broker URL: BENCH_URL (default the local guest account);
+for a broker on another port also set BENCH_MANAGEMENT_URL (amqptasks diffs its topology there).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +66,46 @@ def broker_version() -> str:
         connection.close()
 
 
-def run_suite(scenarios: list[str], repeats: int, params: Params, only: set[str] | None) -> dict[str, dict[str, list[Sample]]]:
+def broker_up(wait: float) -> bool:
+    """Whether the broker completes an AMQP handshake within ``wait`` seconds (retrying)."""
+    import pika
+
+    parameters = pika.URLParameters(URL + ("&" if "?" in URL else "?") + "connection_attempts=1&socket_timeout=5")
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            pika.BlockingConnection(parameters).close()
+            return True
+        except Exception:  # any failure to connect counts as down
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(2)
+
+
+def run_suite(scenarios: list[str], repeats: int, params: Params, only: set[str] | None,
+              save: Callable[[dict[str, dict[str, list[Sample]]]], object]) -> dict[str, dict[str, list[Sample]]]:
+    """Every scenario, interleaved; ``save`` gets the samples so far after each scenario.
+
+    Stops early (keeping what was measured) if the broker stops answering for 2 minutes.
+    """
     plan: list[tuple[str, list[System]]] = [
         (s, [system for system in SCENARIOS[s] if not only or system.key in only]) for s in scenarios
     ]
     total = sum(len(systems) * (repeats + 1) for _, systems in plan)
-    samples: dict[str, dict[str, list[Sample]]] = {s: {sys.key: [] for sys in systems} for s, systems in plan}
+    samples: dict[str, dict[str, list[Sample]]] = {}
     columns = (TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         bar = progress.add_task("starting", total=total)
         for scenario, systems in plan:
+            samples[scenario] = {system.key: [] for system in systems}
             for repeat in range(-1, repeats):  # -1: the warm-up round, not recorded
                 warm = repeat < 0
                 for system in systems:
                     label = "warm-up" if warm else f"{repeat + 1}/{repeats}"
                     progress.update(bar, description=f"{scenario} {label} {system.key}")
+                    if not broker_up(120):
+                        progress.console.print("[red]the broker does not answer: stopping the suite")
+                        return samples
                     try:
                         sample = measure(scenario, system, params.warmup() if warm else params)
                     except BenchError as exc:
@@ -90,6 +117,7 @@ def run_suite(scenarios: list[str], repeats: int, params: Params, only: set[str]
                     if not warm:
                         samples[scenario][system.key].append(sample)
                     progress.advance(bar)
+            save(samples)
     return samples
 
 
@@ -115,16 +143,19 @@ def main() -> int:
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
             "command": "python scripts/bench/run.py " + shlex.join(sys.argv[1:]),
             "machine": f"{os.cpu_count()} CPUs shared with RabbitMQ {broker_version()}, Python {platform.python_version()}",
+            "broker": URL.split("@")[-1],  # host:port/vhost, never the credentials
             "repeats": repeats,
             "quick": args.quick,
             "sizes": {s: size_text(s, params) for s in scenarios},
             "loadavg_before": os.getloadavg(),
         }
         if scenarios:
-            samples = run_suite(scenarios, repeats, params, only)
-            meta["loadavg_after"] = os.getloadavg()
-            meta["seconds"] = round(time.time() - started)
-            data = report.write(args.results, meta, samples)
+            def save(partial: dict[str, dict[str, list[Sample]]]) -> dict[str, Any]:
+                meta["loadavg_after"] = os.getloadavg()
+                meta["seconds"] = round(time.time() - started)
+                return report.write(args.results, meta, partial)
+
+            data = save(run_suite(scenarios, repeats, params, only, save))
             print((args.results / "bench.md").read_text())
             missed = [t for t in data["targets"] if t["met"] is False]
             console.print(f"wrote {args.results}/bench.json, bench.md, bench.png in {meta['seconds']}s; "

@@ -118,11 +118,16 @@ def drain(run: Run) -> Sample:
         if first is not None and size >= n:
             start, start_size, beam_cpu, worker_cpu, tree = first
             elapsed = max(now - start, 1e-6)
+            tasks = max(size - start_size, 1)
+            broker_used = cpu_seconds([beam]) - beam_cpu if beam else None
+            worker_used = cpu_seconds(tree) - worker_cpu
             return {
-                "rate": (size - start_size) / elapsed,
+                "rate": tasks / elapsed,
                 "seconds": elapsed,
-                "broker_cpu_pct": 100 * (cpu_seconds([beam]) - beam_cpu) / elapsed if beam else None,
-                "worker_cpu_pct": 100 * (cpu_seconds(tree) - worker_cpu) / elapsed,
+                "broker_cpu_pct": 100 * broker_used / elapsed if broker_used is not None else None,
+                "worker_cpu_pct": 100 * worker_used / elapsed,
+                "broker_us_per_task": 1e6 * broker_used / tasks if broker_used is not None else None,
+                "worker_us_per_task": 1e6 * worker_used / tasks,
             }
         if time.monotonic() - checked > 0.5:
             worker.check()

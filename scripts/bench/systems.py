@@ -25,13 +25,17 @@ class System:
 
     @property
     def is_ours(self) -> bool:
-        return self.family == "amqptasks"
+        return self.family.startswith("amqptasks")
 
 
 def entities(family: str, queue: str) -> tuple[list[str], list[str]]:
     """(queues, exchanges) a system declares for ``queue``: deleted after each measurement."""
+    if family.startswith("amqptasks"):  # and the quorum landing queues amqptasks declares for each queue
+        from amqptasks.core.delays import landing_queue
+
+        queues = [queue, f"{queue}.dead"]
+        return [*queues, *(landing_queue("", name) for name in queues)], [f"{queue}.dlx"]
     return {
-        "amqptasks": ([queue, f"{queue}.dead"], [f"{queue}.dlx"]),
         "celery": ([queue], [queue]),
         "dramatiq": ([queue, f"{queue}.DQ", f"{queue}.XQ"], []),
         "taskiq": ([queue, f"{queue}_dead"], [f"{queue}_x"]),
@@ -51,6 +55,8 @@ def worker_command(family: str, queue: str, processes: int, rpc: bool = False) -
     if family == "amqptasks":
         return [PYTHON, "-m", "amqptasks", "worker", "-A", "bench_amqptasks", "--queues", queue,
                 "--processes", n, "--loglevel", "warning"], processes
+    if family == "amqptasks_nocli":  # experiments: the same worker, started without typer
+        return [PYTHON, str(TASKS_DIR / "worker_no_cli.py"), queue, n], processes
     if family == "celery":  # prefork: one consumer in the main process feeds the pool
         return [str(BIN / "celery"), "-A", "bench_celery", "worker", "-P", "prefork", "-c", n, "-Q", queue,
                 "--loglevel", "warning"], 1

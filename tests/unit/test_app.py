@@ -6,6 +6,8 @@ import asyncio
 import socket
 from pathlib import Path
 
+from datetime import datetime
+
 import pytest
 
 import amqptasks
@@ -158,8 +160,10 @@ def test_send_options_fail_before_connecting(app: App) -> None:
     def add(x: int, y: int) -> int:
         return x + y
 
-    with pytest.raises(ConfigurationError, match="delays arrive with broker-side delay support"):
-        add.apply_async((1, 2), countdown=10)
+    with pytest.raises(ConfigurationError, match="countdown must not be negative"):
+        add.apply_async((1, 2), countdown=-1)
+    with pytest.raises(ConfigurationError, match="aware datetime"):
+        add.apply_async((1, 2), eta=datetime(2030, 1, 1))
     with pytest.raises(ConfigurationError, match="unsupported send option"):
         add.apply_async((1, 2), link="x")
     with pytest.raises(ConfigurationError, match="did you mean 'routing_key'"):

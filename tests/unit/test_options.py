@@ -90,12 +90,24 @@ def test_send_options_validate_routing_and_priority() -> None:
         SendOptions(priority=300)
 
 
-def test_countdown_and_eta_are_refused_until_broker_side_delays_exist() -> None:
-    with pytest.raises(ConfigurationError, match="delays arrive with broker-side delay support"):
-        SendOptions(countdown=10)
-    with pytest.raises(ConfigurationError, match="delays arrive with broker-side delay support"):
-        SendOptions(eta=datetime.now(timezone.utc))
+def test_countdown_and_eta_give_the_due_time() -> None:
+    assert SendOptions(countdown=2).eta_ms(1_000) == 3_000
+    assert SendOptions(countdown=0.0015).eta_ms(1_000) == 1_002  # rounded up: never early
+    soon = (datetime.now(timezone.utc) + timedelta(hours=1)).replace(microsecond=0)
+    now_ms = int(soon.timestamp() * 1000) - 3_600_000
+    assert SendOptions(eta=soon).eta_ms(now_ms) == int(soon.timestamp() * 1000)
+    past = datetime(2000, 1, 1, tzinfo=timezone.utc)
+    assert SendOptions(eta=past).eta_ms(now_ms) == now_ms  # in the past: due now
     assert SendOptions(countdown=None, eta=None).eta_ms(5) is None
+
+
+def test_bad_delays_are_refused_when_the_options_are_made() -> None:
+    with pytest.raises(ConfigurationError, match="countdown must not be negative"):
+        SendOptions(countdown=-1)
+    with pytest.raises(ConfigurationError, match="aware datetime"):
+        SendOptions(eta=datetime(2030, 1, 1))
+    with pytest.raises(ConfigurationError, match="not both"):
+        SendOptions(countdown=1, eta=datetime.now(timezone.utc))
 
 
 def test_reserved_headers_are_refused() -> None:
@@ -112,8 +124,8 @@ def test_expires_in_seconds_timedelta_or_datetime() -> None:
     assert SendOptions(expires=timedelta(minutes=1)).expires_ms(now_ms, None) == now_ms + 60_000
     moment = datetime(2030, 1, 1, tzinfo=timezone.utc)
     assert SendOptions(expires=moment).expires_ms(now_ms, None) == int(moment.timestamp() * 1000)
-    naive = datetime(2030, 1, 1)  # naive datetimes are read as UTC
-    assert SendOptions(expires=naive).expires_ms(now_ms, None) == int(moment.timestamp() * 1000)
+    with pytest.raises(ConfigurationError, match="aware datetime"):  # naive ones are ambiguous
+        SendOptions(expires=datetime(2030, 1, 1)).expires_ms(now_ms, None)
     assert NO_SEND_OPTIONS.expires_ms(now_ms, 5) == now_ms + 5000  # the task's default
     assert NO_SEND_OPTIONS.expires_ms(now_ms, None) is None
     with pytest.raises(ConfigurationError, match="expires must be"):

@@ -87,7 +87,18 @@ def test_route_spec_of_a_topology_route() -> None:
 
 def test_delivery_now_is_the_destination_itself() -> None:
     destination = Destination("e", "k")
-    assert plan_delivery(destination, None, 1000) is destination
+    assert plan_delivery(destination, None, 1000) == (destination, None)
+    assert plan_delivery(destination, 1000, 1000) == (destination, None)  # due now (or in the past)
+
+
+def test_a_future_delivery_enters_the_delay_cascade_and_names_its_landing() -> None:
+    from amqptasks.core.delays import decode_routing_key, destination_id, entry_exchange
+
+    destination = Destination("events", "orders.created")
+    publish_to, landing = plan_delivery(destination, 3_500, 1_000, "t.delays")
+    assert landing == destination
+    assert publish_to.exchange == entry_exchange(prefix="t.delays")
+    assert decode_routing_key(publish_to.routing_key) == (2_500, destination_id("events", "orders.created"))
 
 
 def test_outgoing_carries_the_protocol_properties() -> None:
