@@ -3,6 +3,11 @@
 Signals: the first SIGTERM/SIGINT asks every process to stop gracefully (running tasks finish
 within ``--grace`` and are acked); a second one kills them at once (unacked messages return to the
 queue). A process that dies unexpectedly is restarted.
+
+Consumer processes ignore SIGTERM and SIGINT and take orders only from the supervisor (SIGUSR1:
+stop gracefully; SIGKILL: now). A signal sent to the whole process group — Ctrl-C in a terminal,
+systemd's default ``KillMode=control-group`` — would otherwise reach each of them twice (directly
+and forwarded) and read as "exit at once".
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ log = logging.getLogger("amqptasks.worker")
 
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s"
 PR_SET_PDEATHSIG = 1
+STOP_SIGNAL = signal.SIGUSR1  # supervisor -> consumer process: stop gracefully
 
 
 def configure_logging(level: str) -> None:
@@ -98,7 +104,7 @@ def run_consumer(app: App, topology: Topology, config: WorkerConfig, name: str) 
             log.info("%s: stopping (running tasks get up to %ss)", name, config.grace)
             consumer.request_stop()
 
-        loop.add_signal_handler(signal.SIGTERM, on_term)
+        loop.add_signal_handler(STOP_SIGNAL, on_term)
         await consumer.run()
 
     asyncio.run(main())
@@ -109,9 +115,9 @@ def _child(app: App, topology: Topology, config: WorkerConfig, name: str, parent
     _die_with_parent()
     if os.getppid() != parent:
         os._exit(1)
-    # Ctrl-C reaches the whole process group; only the supervisor decides what it means.
+    # Group-wide signals are the supervisor's to interpret (see the module docstring).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     code = run_consumer(app, topology, config, name)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -150,7 +156,7 @@ class Supervisor:
         self.stopping = True
         for process in self.processes.values():
             if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
+                os.kill(process.pid, STOP_SIGNAL)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)

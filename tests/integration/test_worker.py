@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import signal
 import sys
 import time
@@ -175,7 +176,9 @@ def test_poison_is_dead_lettered_and_good_tasks_complete(workdir: tuple[Path, st
     assert queue_counts(broker_url, queue)[0] == 0
 
 
-def test_sigterm_lets_running_tasks_finish(workdir: tuple[Path, str], broker_url: str) -> None:
+@pytest.mark.parametrize("whole_group", [False, True], ids=["main-process", "process-group"])
+def test_sigterm_lets_running_tasks_finish(workdir: tuple[Path, str], broker_url: str, whole_group: bool) -> None:
+    """SIGTERM to the main process, or to the whole group (Ctrl-C, systemd): graceful either way."""
     directory, queue = workdir
     make_tasks(directory, queue, "wk_term")
     worker = WorkerProcess(directory, broker_url, "-A", "wk_term", "--queues", queue, "--processes", "1", "--threads", "20")
@@ -186,7 +189,10 @@ def test_sigterm_lets_running_tasks_finish(workdir: tuple[Path, str], broker_url
             tasks.nap.apply_async(args=(2, n))
         close_app(tasks)
         assert wait_for(lambda: worker.log.count("Received task") == 20, 10), worker.log
-        worker.signal(signal.SIGTERM)
+        if whole_group:
+            os.killpg(worker.process.pid, signal.SIGTERM)
+        else:
+            worker.signal(signal.SIGTERM)
         code = worker.wait(timeout=30)
     finally:
         worker.stop()
