@@ -124,7 +124,8 @@ class App:
         if cached_for is not topology:
             from amqptasks.core.provision import with_delays
 
-            provisioned = with_delays(topology, prefix=self.settings.delay_prefix)
+            settings = self.settings
+            provisioned = with_delays(topology, prefix=settings.delay_prefix, queue_type=settings.delay_queue_type)
             self._provisioned = (topology, provisioned)
         assert provisioned is not None
         return provisioned

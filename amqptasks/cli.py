@@ -80,8 +80,8 @@ ManagementUrl = Annotated[
 ]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Also list unchanged (plan) or re-declared (apply) entities.")]
 Delays = Annotated[bool, typer.Option("--delays/--no-delays",
-                   help="Include the delay cascade and the landing queues of the files' destinations "
-                        "(what workers and producers provision for countdown, eta and retries).")]
+                   help="Include the delay cascade that workers and producers provision for countdown, "
+                        "eta and retries (each declares a destination's landing queue when it needs it).")]
 
 
 def _provisioned(files: list[Path], settings: Settings, delays: bool) -> Topology:
@@ -89,7 +89,9 @@ def _provisioned(files: list[Path], settings: Settings, delays: bool) -> Topolog
     from amqptasks.core.provision import with_delays
 
     topology = load_topology(files)
-    return with_delays(topology, prefix=settings.delay_prefix) if delays else topology
+    if not delays:
+        return topology
+    return with_delays(topology, prefix=settings.delay_prefix, queue_type=settings.delay_queue_type)
 
 
 @contextmanager

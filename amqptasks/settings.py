@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
-from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX
+from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, QUEUE_TYPES
 from amqptasks.errors import ConfigurationError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
@@ -99,6 +99,7 @@ class Settings:
     reconnect_attempts: int = 3
     reconnect_delay: float = 0.5
     delay_prefix: str = DELAY_EXCHANGE_PREFIX  # names of the delay cascade's exchanges and queues
+    delay_queue_type: str = LEVEL_QUEUE_TYPE  # quorum (at-least-once dead-lettering, 3.10+) or classic
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -108,6 +109,8 @@ class Settings:
                 raise ConfigurationError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
         if not self.delay_prefix or self.delay_prefix.startswith("amq."):
             raise ConfigurationError(f"delay_prefix {self.delay_prefix!r} must be non-empty and not start with 'amq.'")
+        if self.delay_queue_type not in QUEUE_TYPES:
+            raise ConfigurationError(f"delay_queue_type must be one of {', '.join(QUEUE_TYPES)}, got {self.delay_queue_type!r}")
         if self.reconnect_attempts < 0:
             raise ConfigurationError("reconnect_attempts must be 0 or more")
 
@@ -124,6 +127,7 @@ class Settings:
             connect_timeout=_env_float(env, "AMQPTASKS_CONNECT_TIMEOUT", cls.connect_timeout),
             confirm_timeout=_env_float(env, "AMQPTASKS_CONFIRM_TIMEOUT", cls.confirm_timeout),
             delay_prefix=env.get("AMQPTASKS_DELAY_PREFIX") or DELAY_EXCHANGE_PREFIX,
+            delay_queue_type=env.get("AMQPTASKS_DELAY_QUEUE_TYPE") or LEVEL_QUEUE_TYPE,
         )
 
     def with_broker(self, broker_url: str) -> Settings:

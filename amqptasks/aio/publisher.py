@@ -27,7 +27,6 @@ from amqptasks.aio.connection import aconnect
 from amqptasks.aio.results import AsyncReplies
 from amqptasks.core.envelope import Properties
 from amqptasks.core.delays import landing_for
-from amqptasks.core.provision import destinations
 from amqptasks.core.routing import Destination, Outgoing
 from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
@@ -71,7 +70,7 @@ class AsyncProducer:
         self.pid = os.getpid()
         self.broken: BaseException | None = None
         self._known_exchanges = {"", *topology.exchanges}
-        self._landings = set(destinations(topology))  # delay landing queues provisioned with the topology
+        self._landings: set[tuple[str, str]] = set()  # destinations whose delay landing queue we declared
         self._sequence = 0
         self._inflight: dict[int, tuple[float, asyncio.Task[Any] | None]] = {}
         self._expired: set[int] = set()
@@ -148,7 +147,7 @@ class AsyncProducer:
         from amqptasks.aio.topology import aprovision
 
         await self._check_exchange(target.exchange)
-        await aprovision(self.connection, landing_for(*key, prefix=self.settings.delay_prefix))
+        await aprovision(self.connection, landing_for(*key, prefix=self.settings.delay_prefix, queue_type=self.settings.delay_queue_type))
         self._landings.add(key)
 
     async def publish_one(self, item: Outgoing) -> BaseException | None:

@@ -1,32 +1,28 @@
-"""What an app, a worker or ``topology apply`` declares: the files' topology plus the delay cascade
-and a landing queue for every destination a delayed message or a retry can be sent to."""
+"""What an app, a worker or ``topology apply`` declares for delays: the cascade, and a landing
+queue only for destinations that need one now.
+
+Landing queues are declared lazily — a worker for the queues it consumes (its retries land there),
+a producer on its first delayed send to a destination — rather than one per queue of the topology:
+every landing queue is a quorum queue by default, and RabbitMQ copes badly with many of them
+(two brokers here stopped completing handshakes after ~300 quorum queues had come and gone).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, delay_infrastructure, landing_for
-from amqptasks.core.topology import DEFAULT_EXCHANGE, Topology, merge_all
-
-
-def destinations(topology: Topology) -> list[tuple[str, str]]:
-    """(exchange, routing key) of every queue (through the default exchange) and every route."""
-    found: dict[tuple[str, str], None] = {}
-    for name, queue in topology.queues.items():
-        if not queue.exclusive:
-            found[(DEFAULT_EXCHANGE, name)] = None
-    for route in topology.routes:
-        if route.queue is not None:
-            found[(DEFAULT_EXCHANGE, route.queue)] = None
-        elif route.exchange is not None:
-            found[(route.exchange, route.routing_key or "")] = None
-    return list(found)
+from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, delay_infrastructure, landing_for
+from amqptasks.core.topology import Topology, merge_all
 
 
 def with_delays(
-    topology: Topology, extra: Iterable[tuple[str, str]] = (), *, prefix: str = DELAY_EXCHANGE_PREFIX
+    topology: Topology,
+    landings: Iterable[tuple[str, str]] = (),
+    *,
+    prefix: str = DELAY_EXCHANGE_PREFIX,
+    queue_type: str = LEVEL_QUEUE_TYPE,
 ) -> Topology:
-    """``topology`` plus the delay cascade and landing queues for its destinations and ``extra``."""
-    wanted = dict.fromkeys([*destinations(topology), *extra])
-    landings = (landing_for(exchange, key, prefix=prefix) for exchange, key in wanted)
-    return merge_all([topology, delay_infrastructure(prefix=prefix), *landings])
+    """``topology`` plus the delay cascade and a landing queue for each (exchange, routing key)."""
+    wanted = dict.fromkeys(landings)
+    parts = (landing_for(exchange, key, prefix=prefix, queue_type=queue_type) for exchange, key in wanted)
+    return merge_all([topology, delay_infrastructure(prefix=prefix, queue_type=queue_type), *parts])

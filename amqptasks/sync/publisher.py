@@ -36,7 +36,6 @@ from pika.spec import Basic
 
 from amqptasks.core.envelope import Properties
 from amqptasks.core.delays import landing_for
-from amqptasks.core.provision import destinations
 from amqptasks.core.routing import Destination, Outgoing
 from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable, PublishError, PublishTimeout, UnroutableError
@@ -116,7 +115,7 @@ class Producer(SharedConnection):
         self._by_tag: dict[int, _Slot] = {}
         self._by_mid: dict[str, _Slot] = {}
         self._known_exchanges = {"", *topology.exchanges}
-        self._landings = set(destinations(topology))  # delay landing queues provisioned with the topology
+        self._landings: set[tuple[str, str]] = set()  # destinations whose delay landing queue we declared
         try:
             provision(self.connection, topology)
             self.channel = self.connection.channel()
@@ -203,7 +202,7 @@ class Producer(SharedConnection):
         from amqptasks.sync.topology import provision
 
         self._check_exchange(target.exchange)
-        provision(self.connection, landing_for(*key, prefix=self.settings.delay_prefix))
+        provision(self.connection, landing_for(*key, prefix=self.settings.delay_prefix, queue_type=self.settings.delay_queue_type))
         self._landings.add(key)
 
     def publish(self, items: Sequence[Outgoing]) -> _Flight:

@@ -65,6 +65,23 @@ def to_pamqp(properties: Properties) -> spec.Basic.Properties:
     )
 
 
+def republished(
+    props: spec.Basic.Properties, headers: dict[str, Any], *, keep_reply_to: bool
+) -> spec.Basic.Properties:
+    """Properties of a copy we publish of a delivery (a dead letter, a retry): persistent, new headers."""
+    return spec.Basic.Properties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        delivery_mode=2,
+        message_id=props.message_id or headers.get("id") or f"copy-{time.time_ns()}",
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to if keep_reply_to else None,
+        priority=props.priority,
+        timestamp=props.timestamp,
+        headers=headers,
+    )
+
+
 class Consumer:
     """Consumes ``config.queues`` in this process until :meth:`request_stop` (or drained, in burst)."""
 
@@ -308,16 +325,8 @@ class Consumer:
             exc_message=exc[1],
             traceback=exc[2],
         )
-        properties = spec.Basic.Properties(
-            content_type=props.content_type,
-            content_encoding=props.content_encoding,
-            delivery_mode=2,
-            message_id=props.message_id or headers.get("id") or f"dead-{time.time_ns()}",
-            correlation_id=props.correlation_id,
-            priority=props.priority,
-            timestamp=props.timestamp,
-            headers=headers,
-        )
+        # No reply_to: whoever waited for this task has had its error reply.
+        properties = republished(props, headers, keep_reply_to=False)
         target = self._targets.get(queue) or dead_letter_target(self.topology, queue)
         try:
             await self._publish_confirmed(delivery.body, target, properties)
@@ -335,16 +344,7 @@ class Consumer:
         now_ms = int(time.time() * 1000)
         delay_ms = math.ceil(decision.countdown * 1000)
         headers = retry_headers(props.headers, retries=decision.retries, due_ms=now_ms + delay_ms)
-        properties = spec.Basic.Properties(
-            content_type=props.content_type,
-            delivery_mode=2,
-            message_id=props.message_id,
-            correlation_id=props.correlation_id,
-            reply_to=props.reply_to,
-            priority=props.priority,
-            timestamp=props.timestamp,
-            headers=headers,
-        )
+        properties = republished(props, headers, keep_reply_to=True)  # the caller still waits
         if delay_ms <= 0:
             target = DeadLetterTarget("", queue)
         else:

@@ -63,7 +63,9 @@ def prepare_topology(app: App, config: WorkerConfig) -> Topology:
             name,
             name,
         )
-    return with_delays(topology, prefix=app.settings.delay_prefix)
+    retry_landings = [("", queue) for queue in config.queues]  # retries go back through the cascade
+    settings = app.settings
+    return with_delays(topology, retry_landings, prefix=settings.delay_prefix, queue_type=settings.delay_queue_type)
 
 
 def provision(app: App, topology: Topology) -> None:

@@ -27,6 +27,16 @@ URL = os.environ["BENCH_URL"]
 QUEUE = os.environ["BENCH_QUEUE"]
 
 
+def repeat(one: Callable[[], Any]) -> Callable[[int], None]:
+    """``send(n)``: call ``one()`` n times."""
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            one()
+
+    return send
+
+
 def timed(count: int, send: Callable[[int], None]) -> float:
     send(min(WARM, count))
     start = time.perf_counter()
@@ -69,9 +79,7 @@ def publish_amqptasks(system: str, count: int, prefill: bool) -> float:
 
     task = m.anoop if system == "at_async_def" else m.noop
 
-    def one_by_one(n: int) -> None:
-        for _ in range(n):
-            task.delay()
+    one_by_one = repeat(task.delay)
 
     def batch(n: int) -> None:
         for start in range(0, n, 1000):
@@ -102,14 +110,14 @@ def _plain(count: int, send: Callable[[int], None]) -> float:
 def publish_celery(count: int, prefill: bool) -> float:
     import bench_celery as m
 
-    send = lambda n: [m.noop.delay() for _ in range(n)] and None  # noqa: E731
+    send = repeat(m.noop.delay)
     return _plain(count, send) if prefill else timed(count, send)
 
 
 def publish_dramatiq(count: int, prefill: bool) -> float:
     import bench_dramatiq as m
 
-    send = lambda n: [m.noop.send() for _ in range(n)] and None  # noqa: E731
+    send = repeat(m.noop.send)
     try:
         return _plain(count, send) if prefill else timed(count, send)
     finally:
@@ -146,7 +154,7 @@ def publish_raw_pika(count: int, prefill: bool) -> float:
     if not prefill:
         channel.confirm_delivery()
     props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-    send = lambda n: [channel.basic_publish("", QUEUE, b"{}", props, mandatory=True) for _ in range(n)] and None  # noqa: E731
+    send = repeat(lambda: channel.basic_publish("", QUEUE, b"{}", props, mandatory=True))
     try:
         return _plain(count, send) if prefill else timed(count, send)
     finally:

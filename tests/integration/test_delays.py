@@ -137,11 +137,13 @@ def own_cascade(broker_url: str, unique: str, monkeypatch: pytest.MonkeyPatch) -
     """A delay cascade of this test's own (an hour-long delay must not outlive the test)."""
     prefix = f"{unique}.delay"
     monkeypatch.setenv("AMQPTASKS_DELAY_PREFIX", prefix)
+    # Classic: creating and deleting 135 quorum queues per run is churn that wedged RabbitMQ 3.10.
+    monkeypatch.setenv("AMQPTASKS_DELAY_QUEUE_TYPE", "classic")
     yield prefix
     connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
         channel = connection.channel()
-        cascade = delay_infrastructure(prefix=prefix)
+        cascade = delay_infrastructure(prefix=prefix, queue_type="classic")
         for name in cascade.queues:
             channel.queue_delete(name)
         for queue in (unique, f"{unique}.dead"):  # workers give every queue a landing queue
@@ -156,7 +158,8 @@ def delayed_count(broker_url: str, prefix: str) -> int:
     connection = pika.BlockingConnection(pika.URLParameters(broker_url))
     try:
         channel = connection.channel()
-        return sum(channel.queue_declare(q, passive=True).method.message_count for q in delay_infrastructure(prefix=prefix).queues)
+        cascade = delay_infrastructure(prefix=prefix, queue_type="classic")
+        return sum(channel.queue_declare(q, passive=True).method.message_count for q in cascade.queues)
     finally:
         connection.close()
 
@@ -198,3 +201,73 @@ def test_long_delays_never_block_short_ones_and_survive_a_killed_worker(
         second.signal(signal.SIGTERM)
         second.wait()
     assert os.environ["AMQPTASKS_DELAY_PREFIX"] == own_cascade
+
+
+def test_a_task_delivered_after_it_expired_is_dead_lettered_not_run(workdir: tuple[Path, str], broker_url: str) -> None:
+    directory, queue = workdir
+    make_tasks(directory, queue, "dl_expired")
+    tasks = import_tasks(directory, "dl_expired")
+    result = tasks.stamp.apply_async(args=("stale",), expires=0.3)  # no worker yet
+    time.sleep(0.6)
+    worker = WorkerProcess(directory, broker_url, "-A", "dl_expired", "--queues", queue, "--processes", "1", "--burst")
+    with pytest.raises(TaskError) as caught:
+        result.get(timeout=20)
+    close_app(tasks)
+    assert worker.wait(timeout=30) == 0, worker.log
+    assert caught.value.exc_type == "TaskExpired"
+    assert "stale" not in started_at(directory)
+    [(properties, _body)] = drain(broker_url, f"{queue}.dead")
+    assert properties.headers["x-amqptasks-reason"].startswith("expired")
+
+
+ROUTED = """\
+exchanges:
+  {p}.topic: {{type: topic}}
+  {p}.fan: {{type: fanout}}
+queues:
+  {p}.classic:
+    bindings: [{{exchange: {p}.topic, routing_key: "orders.*"}}]
+  {p}.quorum:
+    type: quorum
+    bindings: [{{exchange: {p}.fan}}]
+  {p}.also:
+    bindings: [{{exchange: {p}.fan}}]
+"""
+
+
+def test_delayed_sends_reach_topic_and_fanout_targets_classic_and_quorum(
+    tmp_path: Path, broker_url: str, unique: str, cleanup, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    from amqptasks import App
+
+    for suffix in ("classic", "quorum", "also"):
+        cleanup.queue(f"{unique}.{suffix}")
+    for suffix in ("topic", "fan"):
+        cleanup.exchange(f"{unique}.{suffix}")
+    path = tmp_path / "routed.yaml"
+    path.write_text(ROUTED.format(p=unique))
+    app = App("routed", broker=broker_url, topology=str(path))
+
+    @app.task(ignore_result=True)
+    def note(tag: str) -> None: ...
+
+    try:
+        note.apply_async(args=("via-topic",), exchange=f"{unique}.topic", routing_key="orders.created", countdown=0.4)
+        note.apply_async(args=("via-fanout",), exchange=f"{unique}.fan", routing_key="", countdown=0.4)
+        # A destination no topology names: the producer declares its landing queue on first use.
+        note.apply_async(args=("ad-hoc",), exchange=f"{unique}.topic", routing_key="orders.paid", countdown=0.4)
+        time.sleep(0.2)
+        assert [queue_counts(broker_url, f"{unique}.{s}")[0] for s in ("classic", "quorum", "also")] == [0, 0, 0]
+        assert wait_for(lambda: queue_counts(broker_url, f"{unique}.classic")[0] == 2, 10)
+        assert wait_for(lambda: queue_counts(broker_url, f"{unique}.quorum")[0] == 1, 10)
+        assert wait_for(lambda: queue_counts(broker_url, f"{unique}.also")[0] == 1, 10)
+    finally:
+        app.close()
+        connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+        connection.channel().queue_delete(landing_queue(f"{unique}.topic", "orders.paid"))
+        connection.channel().queue_delete(landing_queue(f"{unique}.topic", "orders.created"))
+        connection.channel().queue_delete(landing_queue(f"{unique}.fan", ""))
+        connection.close()
+    classic = drain(broker_url, f"{unique}.classic")
+    assert sorted(body for _p, body in classic) == sorted([b'{"args":["via-topic"],"kwargs":{}}', b'{"args":["ad-hoc"],"kwargs":{}}'])
+    assert [p.headers["task"] for p, _b in drain(broker_url, f"{unique}.quorum")] == [note.name]

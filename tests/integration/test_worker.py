@@ -268,3 +268,22 @@ def test_worker_resumes_after_its_connections_are_closed(workdir: tuple[Path, st
         worker.signal(signal.SIGTERM)
         worker.wait()
     assert {int(line) for line in done_lines(directory)} == set(range(5000))
+
+
+def test_a_crashed_consumer_process_is_restarted(workdir: tuple[Path, str], broker_url: str) -> None:
+    directory, queue = workdir
+    make_tasks(directory, queue, "wk_crash")
+    worker = WorkerProcess(directory, broker_url, "-A", "wk_crash", "--queues", queue, "--processes", "1")
+    try:
+        worker.wait_consuming(queue)
+        children = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()
+        assert len(children) == 1
+        os.kill(int(children[0]), signal.SIGKILL)
+        assert wait_for(lambda: "exited unexpectedly" in worker.log, 10), worker.log
+        worker.wait_consuming(queue)
+        tasks = import_tasks(directory, "wk_crash")
+        assert tasks.add.delay(20, 22).get(timeout=10) == 42
+        close_app(tasks)
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait() == 0
