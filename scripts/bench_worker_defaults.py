@@ -75,9 +75,14 @@ def main() -> int:
                 f.write(b".")
         """))
     sys.path.insert(0, str(workdir))
-    connection = pika.BlockingConnection(pika.URLParameters(options.broker))
-    connection.channel().queue_declare(queue, durable=True)
-    connection.close()
+    # Declared as the worker declares a queue only --queues names (so the pre-fill has somewhere to go).
+    from amqptasks.core.deadletter import implicit_queue
+    from amqptasks.core.topology import Topology
+    from amqptasks.settings import Settings
+    from amqptasks.sync.topology import apply
+
+    work, dead = implicit_queue(Topology(), queue)
+    apply(Settings(broker_url=options.broker), Topology(queues={work.name: work, dead.name: dead}))
     rates: dict[tuple[int, int], list[float]] = {pair: [] for pair in PAIRS}
     try:
         for _ in range(options.repeats):
