@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from urllib.parse import unquote, urlsplit
 
 from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, QUEUE_TYPES
@@ -55,6 +55,16 @@ class BrokerAddress:
         """``host:port`` for messages."""
         return f"{self.host}:{self.port}"
 
+    def unreachable(self, cause: BaseException) -> str:
+        """Why no connection could be made, naming host:port and never the password."""
+        return (
+            f"cannot reach the broker at {self.where} ({type(cause).__name__}); is RabbitMQ running? "
+            "Start it (./scripts/rabbitmq.sh) or set AMQPTASKS_BROKER_URL"
+        )
+
+    def refused_credentials(self) -> str:
+        return f"broker at {self.where} refused the credentials of user {self.username!r}"
+
     @property
     def masked(self) -> str:
         """The URL with the password replaced by ``***``: safe to print and log."""
@@ -100,7 +110,6 @@ class Settings:
     reconnect_delay: float = 0.5
     delay_prefix: str = DELAY_EXCHANGE_PREFIX  # names of the delay cascade's exchanges and queues
     delay_queue_type: str = LEVEL_QUEUE_TYPE  # quorum (at-least-once dead-lettering, 3.10+) or classic
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         BrokerAddress.parse(self.broker_url)  # reject a bad URL when the settings are made

@@ -81,7 +81,7 @@ def main() -> int:
     from amqptasks.settings import Settings
     from amqptasks.sync.topology import apply
 
-    work, dead = implicit_queue(Topology(), queue)
+    work, dead = implicit_queue(queue)
     apply(Settings(broker_url=options.broker), Topology(queues={work.name: work, dead.name: dead}))
     rates: dict[tuple[int, int], list[float]] = {pair: [] for pair in PAIRS}
     try:

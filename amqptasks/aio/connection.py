@@ -27,11 +27,6 @@ async def aconnect(settings: Settings, name: str, *, robust: bool = False) -> ai
             timeout=settings.connect_timeout + 1,
         )
     except aiormq.exceptions.ProbableAuthenticationError:
-        raise BrokerUnavailable(
-            f"broker at {address.where} refused the credentials of user {address.username!r}"
-        ) from None
+        raise BrokerUnavailable(address.refused_credentials()) from None
     except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
-        raise BrokerUnavailable(
-            f"cannot reach the broker at {address.where} ({type(exc).__name__}); is RabbitMQ running? "
-            "Start it (./scripts/rabbitmq.sh) or set AMQPTASKS_BROKER_URL"
-        ) from None
+        raise BrokerUnavailable(address.unreachable(exc)) from None

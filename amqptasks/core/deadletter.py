@@ -51,7 +51,7 @@ def dead_letter_target(topology: Topology, queue_name: str) -> DeadLetterTarget:
     return DeadLetterTarget("", fallback.name, declare=fallback.name)
 
 
-def implicit_queue(topology: Topology, queue_name: str) -> tuple[Queue, Queue]:
+def implicit_queue(queue_name: str) -> tuple[Queue, Queue]:
     """A queue named on the command line that no file declares: durable, dead-lettering to
     ``<queue>.dead``. Returns (queue, its dead-letter queue)."""
     dead = fallback_queue(queue_name)
@@ -65,7 +65,7 @@ def with_implicit_queues(topology: Topology, queue_names: list[str]) -> tuple[To
     for name in queue_names:
         if name in topology.queues:
             continue
-        queue, dead = implicit_queue(topology, name)
+        queue, dead = implicit_queue(name)
         if dead.name not in topology.queues:
             topology = topology.with_queue(dead)
         topology = topology.with_queue(queue)

@@ -29,14 +29,10 @@ def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
 def describe_failure(address: BrokerAddress, exc: BaseException) -> str:
     """Why a connection failed, naming host:port and never the password."""
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
-        return f"broker at {address.where} refused the credentials of user {address.username!r}"
+        return address.refused_credentials()
     if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
         return f"broker at {address.where} denied user {address.username!r} access to vhost {address.vhost!r}"
-    detail = type(exc).__name__
-    return (
-        f"cannot reach the broker at {address.where} ({detail}); is RabbitMQ running? "
-        "Start it (./scripts/rabbitmq.sh) or set AMQPTASKS_BROKER_URL"
-    )
+    return address.unreachable(exc)
 
 
 def connect(settings: Settings, name: str) -> pika.BlockingConnection:

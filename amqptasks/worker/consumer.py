@@ -97,7 +97,6 @@ class Consumer:
         self._targets = {queue: dead_letter_target(topology, queue) for queue in config.queues}
         self._consume: aiormq.abc.AbstractChannel | None = None
         self._confirm: aiormq.abc.AbstractChannel | None = None
-        self.completed = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -260,7 +259,6 @@ class Consumer:
                 exc=(outcome.exc_type, outcome.exc_message, outcome.traceback),
             )
         await self._ack(delivery)
-        self.completed += 1
 
     async def _execute(self, prepared: Prepared) -> Attempt | None:
         if prepared.task.is_async:
@@ -327,7 +325,7 @@ class Consumer:
         )
         # No reply_to: whoever waited for this task has had its error reply.
         properties = republished(props, headers, keep_reply_to=False)
-        target = self._targets.get(queue) or dead_letter_target(self.topology, queue)
+        target = self._targets[queue]
         try:
             await self._publish_confirmed(delivery.body, target, properties)
         except aiormq.exceptions.PublishError:

@@ -17,7 +17,7 @@ from amqptasks.cli import cli
 from amqptasks.core.delays import delay_infrastructure, landing_queue
 from amqptasks.errors import TaskError
 from tests.integration.test_worker import close_app, import_tasks
-from tests.integration.workerproc import WorkerProcess, done_lines, drain, queue_counts, wait_for, write_app
+from tests.integration.workerproc import WorkerProcess, running_worker, done_lines, drain, queue_counts, wait_for, write_app
 
 TASKS = """
 @app.task(queue=QUEUE)
@@ -59,9 +59,7 @@ def started_at(directory: Path) -> dict[str, float]:
 def test_countdown_waits_in_the_broker_not_in_the_worker(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     make_tasks(directory, queue, "dl_countdown")
-    worker = WorkerProcess(directory, broker_url, "-A", "dl_countdown", "--queues", queue, "--processes", "1")
-    try:
-        worker.wait_consuming(queue)
+    with running_worker(directory, broker_url, "dl_countdown", queue) as worker:
         tasks = import_tasks(directory, "dl_countdown")
         sent = time.time()
         tasks.stamp.apply_async(args=("late",), countdown=2)
@@ -71,9 +69,6 @@ def test_countdown_waits_in_the_broker_not_in_the_worker(workdir: tuple[Path, st
         assert queue_counts(broker_url, queue) == (0, 1)
         assert "Received task" not in worker.log
         assert wait_for(lambda: "late" in started_at(directory), 10)
-    finally:
-        worker.signal(signal.SIGTERM)
-        worker.wait()
     assert started_at(directory)["late"] - sent >= 2.0
 
 
@@ -103,9 +98,7 @@ def test_delays_are_never_early_and_keep_close_to_due(workdir: tuple[Path, str],
 def test_retries_then_success_and_dead_letter_after_the_last_retry(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     make_tasks(directory, queue, "dl_retry")
-    worker = WorkerProcess(directory, broker_url, "-A", "dl_retry", "--queues", queue, "--processes", "1")
-    try:
-        worker.wait_consuming(queue)
+    with running_worker(directory, broker_url, "dl_retry", queue):
         tasks = import_tasks(directory, "dl_retry")
         assert tasks.flaky.delay(2).get(timeout=20) == "ok after 2 retries"
         doomed = tasks.doomed.delay()
@@ -122,9 +115,6 @@ def test_retries_then_success_and_dead_letter_after_the_last_retry(workdir: tupl
         assert replayed.exit_code == 0 and "replayed 1 message(s)" in replayed.stdout, replayed.output
         assert wait_for(lambda: done_lines(directory).count("doomed") == 8, 20)  # ran again, retries reset
         assert wait_for(lambda: queue_counts(broker_url, f"{queue}.dead")[0] == 1, 10)
-    finally:
-        worker.signal(signal.SIGTERM)
-        worker.wait()
     assert [line for line in done_lines(directory) if line.startswith("flaky")] == ["flaky 0", "flaky 1", "flaky 2"]
     [(properties, _body)] = drain(broker_url, f"{queue}.dead")
     assert properties.headers["retries"] == 3

@@ -19,7 +19,7 @@ import pika
 import pytest
 
 from amqptasks.errors import TaskError
-from tests.integration.workerproc import WorkerProcess, done_lines, drain, queue_counts, wait_for, write_app
+from tests.integration.workerproc import WorkerProcess, running_worker, done_lines, drain, queue_counts, wait_for, write_app
 
 
 @pytest.fixture
@@ -81,16 +81,12 @@ def apply_topology(broker_url: str, path: Path) -> None:
 def test_add_round_trip_and_log_lines(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     make_tasks(directory, queue, "wk_add")
-    worker = WorkerProcess(directory, broker_url, "-A", "wk_add", "--queues", queue, "--processes", "1")
-    try:
-        worker.wait_consuming(queue)
+    with running_worker(directory, broker_url, "wk_add", queue) as worker:
         tasks = import_tasks(directory, "wk_add")
         assert tasks.add.delay(3, 4).get(timeout=10) == 7
         close_app(tasks)
         assert wait_for(lambda: "succeeded in" in worker.log, 5)
-    finally:
-        worker.signal(signal.SIGTERM)
-        assert worker.wait() == 0
+    assert worker.exit_code == 0
     log = worker.log
     assert "[tasks]" in log and "wk_add.add" in log
     assert "guest:***@" in log and "guest:guest@" not in log
@@ -101,9 +97,7 @@ def test_add_round_trip_and_log_lines(workdir: tuple[Path, str], broker_url: str
 def test_failure_replies_error_and_dead_letters_with_headers(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     make_tasks(directory, queue, "wk_boom")
-    worker = WorkerProcess(directory, broker_url, "-A", "wk_boom", "--queues", queue, "--processes", "1")
-    try:
-        worker.wait_consuming(queue)
+    with running_worker(directory, broker_url, "wk_boom", queue):
         tasks = import_tasks(directory, "wk_boom")
         result = tasks.boom.delay()
         with pytest.raises(TaskError) as caught:
@@ -113,9 +107,6 @@ def test_failure_replies_error_and_dead_letters_with_headers(workdir: tuple[Path
         assert caught.value.exc_message == "boom"
         assert "raise ValueError" in caught.value.traceback
         assert wait_for(lambda: queue_counts(broker_url, f"{queue}.dead")[0] == 1, 5)
-    finally:
-        worker.signal(signal.SIGTERM)
-        worker.wait()
     [(properties, body)] = drain(broker_url, f"{queue}.dead")
     headers = properties.headers
     assert headers["x-exception-type"] == "ValueError"
@@ -253,9 +244,7 @@ def test_worker_resumes_after_its_connections_are_closed(workdir: tuple[Path, st
         for n in range(5000):
             tasks.mark.delay(n)
     close_app(tasks)
-    worker = WorkerProcess(directory, broker_url, "-A", "wk_cut", "--queues", queue, "--processes", "1", "--loglevel", "warning")
-    try:
-        worker.wait_consuming(queue)
+    with running_worker(directory, broker_url, "wk_cut", queue, "--loglevel", "warning"):
         assert wait_for(lambda: len(done_lines(directory)) >= 500, 20)
         # The management API lists connections from stats refreshed every few seconds.
         assert wait_for(lambda: _close_connections(broker_url, "amqptasks worker wk_cut") >= 1, 15, interval=0.5)
@@ -264,18 +253,13 @@ def test_worker_resumes_after_its_connections_are_closed(workdir: tuple[Path, st
         resumed_in = time.monotonic() - cut_at
         assert resumed_in < 5, resumed_in
         assert wait_for(lambda: len({l for l in done_lines(directory)}) == 5000, 60)
-    finally:
-        worker.signal(signal.SIGTERM)
-        worker.wait()
     assert {int(line) for line in done_lines(directory)} == set(range(5000))
 
 
 def test_a_crashed_consumer_process_is_restarted(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     make_tasks(directory, queue, "wk_crash")
-    worker = WorkerProcess(directory, broker_url, "-A", "wk_crash", "--queues", queue, "--processes", "1")
-    try:
-        worker.wait_consuming(queue)
+    with running_worker(directory, broker_url, "wk_crash", queue) as worker:
         children = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()
         assert len(children) == 1
         os.kill(int(children[0]), signal.SIGKILL)
@@ -284,6 +268,4 @@ def test_a_crashed_consumer_process_is_restarted(workdir: tuple[Path, str], brok
         tasks = import_tasks(directory, "wk_crash")
         assert tasks.add.delay(20, 22).get(timeout=10) == 42
         close_app(tasks)
-    finally:
-        worker.signal(signal.SIGTERM)
-        assert worker.wait() == 0
+    assert worker.exit_code == 0

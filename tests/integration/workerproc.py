@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pika
@@ -53,6 +55,7 @@ class WorkerProcess:
     def __init__(self, cwd: Path, broker_url: str, *args: str) -> None:
         self.cwd = cwd
         self.broker_url = broker_url
+        self.exit_code: int | None = None
         self.log_path = cwd / f"worker-{time.monotonic_ns()}.log"
         env = dict(os.environ, AMQPTASKS_BROKER_URL=broker_url, PYTHONUNBUFFERED="1")
         self._log = self.log_path.open("wb")
@@ -104,6 +107,20 @@ class WorkerProcess:
                 pass
             self.process.wait(timeout=10)
         self._log.close()
+
+
+@contextmanager
+def running_worker(cwd: Path, broker_url: str, module: str, queue: str, *args: str) -> Iterator[WorkerProcess]:
+    """One worker process of ``module`` consuming ``queue``; SIGTERM and wait on the way out
+    (the exit code is then in ``worker.exit_code``; a worker still alive after that is killed)."""
+    worker = WorkerProcess(cwd, broker_url, "-A", module, "--queues", queue, "--processes", "1", *args)
+    try:
+        worker.wait_consuming(queue)
+        yield worker
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.exit_code = worker.wait()
+        worker.stop()
 
 
 def queue_counts(broker_url: str, queue: str) -> tuple[int, int]:
