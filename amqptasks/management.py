@@ -50,6 +50,7 @@ class ManagementEndpoint:
         *,
         scheme: str,
         host: str,
+        port: int | None = None,
         vhost: str,
         username: str,
         password: str,
@@ -57,13 +58,18 @@ class ManagementEndpoint:
         env: Mapping[str, str] | None = None,
     ) -> ManagementEndpoint | None:
         """The endpoint for an AMQP broker: ``management_url``, else ``AMQPTASKS_MANAGEMENT_URL``,
-        else ``http://host:15672`` (``https://host:15671`` for amqps) with the AMQP credentials.
+        else ``http://host:15672`` (``https://host:15671`` for amqps) with the AMQP credentials when
+        the broker listens on the standard AMQP port. A broker on another port (a second node, a
+        container's mapped port) keeps its API elsewhere, so there is no default: ``None``, and
+        callers fall back to declare probes rather than read another broker's state.
 
         A URL with its own ``user:pass@`` uses those credentials. ``None`` when disabled ("off").
         """
         env = os.environ if env is None else env
         explicit = management_url if management_url is not None else env.get(MANAGEMENT_URL_ENV) or None
         if explicit is None:
+            if port is not None and port != (5671 if scheme == "amqps" else 5672):
+                return None
             default = f"https://{host}:15671" if scheme == "amqps" else f"http://{host}:15672"
             return cls(default, vhost, username, password)
         if explicit.strip().lower() in DISABLED:
@@ -99,6 +105,7 @@ class ManagementEndpoint:
         return cls.for_broker(
             scheme=parts.scheme,
             host=parts.hostname or "localhost",
+            port=parts.port,
             vhost=unquote(path) if path else "/",
             username=unquote(parts.username or "guest"),
             password=unquote(parts.password or "guest"),

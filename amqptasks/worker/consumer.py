@@ -12,7 +12,6 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -20,6 +19,7 @@ import aiormq.exceptions
 from pamqp import commands as spec
 
 from amqptasks.aio.connection import aconnect
+from amqptasks.core.acks import AckBatch, AckWindow
 from amqptasks.core.deadletter import DeadLetterTarget, dead_letter_target, fallback_queue
 from amqptasks.core.envelope import (
     Outcome,
@@ -36,12 +36,16 @@ from amqptasks.core.retry import Retry, decide_for_task
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.execute import Attempt, Prepared, prepare, run_async, run_sync
+from amqptasks.worker.handoff import ThreadHandoff
 
 if TYPE_CHECKING:
     from amqptasks.app import App
     from amqptasks.core.topology import Topology
 
 log = logging.getLogger("amqptasks.worker")
+
+# How long finished deliveries above a still-running one wait before they are acked singly.
+ACK_HOLD_SECONDS = 0.05
 
 # Connection-level failures after which we reconnect rather than crash.
 RECOVERABLE = (
@@ -90,19 +94,26 @@ class Consumer:
         self.topology = topology
         self.config = config
         self.name = name
-        self._pool = ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix=f"{name}-task")
-        self._slots = asyncio.Semaphore(config.threads)
+        self._threads: ThreadHandoff[Prepared, Attempt] | None = None  # started with the first plain task
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._targets = {queue: dead_letter_target(topology, queue) for queue in config.queues}
         self._consume: aiormq.abc.AbstractChannel | None = None
         self._confirm: aiormq.abc.AbstractChannel | None = None
+        # Acks of the current consume channel, sent once per loop turn (see core/acks.py).
+        self._acks = AckWindow(hold=max(1, config.prefetch // 2))
+        self._ack_flush_scheduled = False
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._ack_sends: set[asyncio.Task[None]] = set()
+        self._ack_order = asyncio.Lock()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def request_stop(self) -> None:
         """Stop consuming; running tasks finish (within the grace period) and are acked."""
         self._stopping.set()
+        if self._threads is not None:
+            self._threads.stop()
 
     async def run(self) -> None:
         """Connect, consume, and reconnect after connection loss, until stopped."""
@@ -122,7 +133,8 @@ class Consumer:
                         pass
                     delay = min(delay * 2, 5.0)
         finally:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            if self._threads is not None:
+                self._threads.stop()
 
     async def _session(self) -> None:
         """One connection's life: provision, consume, wait for stop or loss, drain on stop."""
@@ -141,6 +153,9 @@ class Consumer:
             consume_channel = await connection.channel(publisher_confirms=False)
             confirm_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._consume = await consume_channel.get_underlay_channel()
+            # Delivery tags restart on a new channel; a send stuck on the old one must not block these.
+            self._acks = AckWindow(hold=self._acks.hold)
+            self._ack_order = asyncio.Lock()
             self._confirm = await confirm_channel.get_underlay_channel()
             # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
             await self._consume.basic_qos(prefetch_count=self.config.prefetch, global_=False)
@@ -161,6 +176,12 @@ class Consumer:
             self._stopping.set()
             await self._cancel_consumers(tags)
             await self._drain_inflight()
+            await self._flush_acks_now()
+            # Closing the channel is a round trip behind the acks: once it returns, the broker has them.
+            try:
+                await self._consume.close()
+            except RECOVERABLE:
+                pass  # the connection went first: unacked messages are redelivered
         finally:
             if not connection.is_closed:
                 await connection.close()
@@ -263,11 +284,11 @@ class Consumer:
     async def _execute(self, prepared: Prepared) -> Attempt | None:
         if prepared.task.is_async:
             return await run_async(prepared)
-        async with self._slots:
-            if self._stopping.is_set():
-                return None
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, run_sync, prepared)
+        if self._stopping.is_set():
+            return None
+        if self._threads is None:
+            self._threads = ThreadHandoff(asyncio.get_running_loop(), run_sync, self.config.threads, self.name)
+        return await self._threads.submit(prepared)
 
     async def _reject_expired(
         self,
@@ -365,18 +386,61 @@ class Consumer:
             raise AmqpTasksError(f"the broker did not confirm a dead letter to {target.exchange}/{target.routing_key}")
 
     async def _ack(self, delivery: aiormq.abc.DeliveredMessage) -> None:
-        try:
-            await delivery.channel.basic_ack(delivery.delivery.delivery_tag)
-        except RECOVERABLE as exc:
-            # The channel died under us: the broker redelivers this message (at-least-once).
-            log.warning("ack lost (%s); the message will be redelivered", _brief(exc))
+        """Settle ``delivery``: its ack goes out with the others finished in this loop turn."""
+        if delivery.channel is not self._consume:
+            # Its channel died under us: the broker redelivers this message (at-least-once).
+            log.warning("ack lost (channel closed); the message will be redelivered")
+            return
+        self._acks.settle(delivery.delivery.delivery_tag)
+        if not self._ack_flush_scheduled:
+            self._ack_flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_acks)
 
     async def _release(self, delivery: aiormq.abc.DeliveredMessage) -> None:
         try:
             await delivery.channel.basic_reject(delivery.delivery.delivery_tag, requeue=True)
         except RECOVERABLE:
-            pass
+            return
+        if delivery.channel is self._consume:
+            self._acks.settle(delivery.delivery.delivery_tag, acked=True)
 
+    def _flush_acks(self, force: bool = False) -> None:
+        self._ack_flush_scheduled = False
+        batch = self._acks.take(force=force)
+        if batch and self._consume is not None:
+            send = asyncio.ensure_future(self._send_acks(self._consume, batch))
+            self._ack_sends.add(send)
+            send.add_done_callback(self._ack_sends.discard)
+        if self._acks.waiting and self._ack_timer is None:
+            # Finished deliveries above a still-running one: ack them soon even if it runs on.
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_HOLD_SECONDS, self._flush_held_acks)
+
+    def _flush_held_acks(self) -> None:
+        self._ack_timer = None
+        self._flush_acks(force=True)
+
+    async def _flush_acks_now(self) -> None:
+        """Before a connection closes on purpose: every finished delivery's ack queued for writing."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        self._flush_acks(force=True)
+        if self._ack_sends:
+            await asyncio.wait(set(self._ack_sends), timeout=self.app.settings.confirm_timeout)
+
+    async def _send_acks(self, channel: aiormq.abc.AbstractChannel, batch: AckBatch) -> None:
+        # One batch at a time, in order (the lock is FIFO): a multiple ack from a later batch must
+        # not overtake a single ack it covers, or the broker sees that tag twice and closes the
+        # channel. aiormq's write queue is bounded, so queueing a batch can suspend midway. No
+        # waiting for the socket inside the lock: on a dead connection that wait never ends.
+        frames = [(batch.upto, True)] if batch.upto is not None else []
+        frames += [(tag, False) for tag in batch.singles]
+        try:
+            async with self._ack_order:
+                for tag, multiple in frames:
+                    await channel.basic_ack(tag, multiple=multiple, wait=False)
+        except RECOVERABLE as exc:
+            log.warning("acks lost (%s); those messages will be redelivered", _brief(exc))
 
 def _brief(exc: BaseException | None) -> str:
     if exc is None:

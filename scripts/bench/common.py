@@ -204,7 +204,9 @@ def bench_env(**values: Any) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1", BENCH_URL=URL, AMQPTASKS_BROKER_URL=URL)
     if os.environ.get("BENCH_MANAGEMENT_URL"):  # a broker on another port has its API elsewhere too
         env["AMQPTASKS_MANAGEMENT_URL"] = os.environ["BENCH_MANAGEMENT_URL"]
-    env["PYTHONPATH"] = os.pathsep.join([str(TASKS_DIR), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # BENCH_CODE (experiment.py): another checkout of amqptasks, imported instead of this one.
+    code = values.pop("code", None) or str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join([str(TASKS_DIR), code, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     for key, value in values.items():
         if value is not None and value is not False:
             env[f"BENCH_{key.upper()}"] = "1" if value is True else str(value)

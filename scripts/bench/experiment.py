@@ -1,51 +1,57 @@
 #!/usr/bin/env python
-"""Candidate worker fixes, measured: the drain scenario for amqptasks as it is and monkeypatched.
+"""A/B a worker change: the drain scenario for amqptasks at a git revision and as in this tree.
 
-    .venv/bin/python scripts/bench/experiment.py [--repeats 3] [--count 20000]
+    .venv/bin/python scripts/bench/experiment.py [--against HEAD] [--repeats 3] [--count 20000]
+    .venv/bin/python scripts/bench/experiment.py --memory [--against HEAD]
 
-Interleaved like run.py (baseline, patch A, patch B, baseline, ...); prints median tasks/s and the
-median of per-repeat ratios to the baseline. The patches live in tasks/bench_patches.py.
+The revision is exported with ``git archive`` into a temporary folder and imported instead of
+this tree (BENCH_CODE). Interleaved like run.py (revision, tree, revision, tree, ...) after a
+warm-up; prints median tasks/s and the median of per-repeat ratios tree / revision.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BenchError, median  # noqa: E402
+from common import REPO, BenchError, median  # noqa: E402
 from scenarios import Params, measure  # noqa: E402
 from systems import System  # noqa: E402
 
-VARIANTS = {
-    "def": [
-        System("at", "amqptasks def (as is)", "amqptasks"),
-        System("at", "def + ack wait=False", "amqptasks", env={"patch": "nowait"}),
-        System("at", "def + coalesced acks", "amqptasks", env={"patch": "coalesce"}),
-        System("at", "def + batched thread handoff", "amqptasks", env={"patch": "handoff"}),
-        System("at", "def + coalesced acks + handoff", "amqptasks", env={"patch": "coalesce+handoff"}),
-    ],
-    "async def": [
-        System("at_async_def", "async def (as is)", "amqptasks"),
-        System("at_async_def", "async def + coalesced acks", "amqptasks", env={"patch": "coalesce"}),
-    ],
-}
+
+def export(revision: str, into: Path) -> Path:
+    """The ``amqptasks`` package as of ``revision``, unpacked under ``into``."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "amqptasks"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def variants(key: str, label: str, revision: str, code: Path) -> list[System]:
+    return [
+        System(key, f"{label} @ {revision}", "amqptasks", env={"code": str(code)}),
+        System(key, f"{label} (this tree)", "amqptasks"),
+    ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", default="HEAD", help="git revision to compare with (default HEAD)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--count", type=int, default=20_000)
-    parser.add_argument("--memory", action="store_true", help="idle worker memory, CLI vs no CLI, instead")
+    parser.add_argument("--memory", action="store_true", help="idle 2-process worker memory instead of drain")
     args = parser.parse_args()
-    if args.memory:
-        return memory(args.repeats)
     with tempfile.TemporaryDirectory(prefix="amqptasks-exp-") as tmp:
+        code = export(args.against, Path(tmp))
+        if args.memory:
+            return memory(variants("at", "amqptasks worker", args.against, code), args.repeats, Path(tmp))
         params = Params(1, args.count, 1, 1, 1.0, 1.0, 1.0, Path(tmp))
-        for group, systems in VARIANTS.items():
+        for key, label in (("at", "def"), ("at_async_def", "async def")):
+            systems = variants(key, label, args.against, code)
             rates: dict[str, list[float | None]] = {s.label: [] for s in systems}
             for repeat in range(-1, args.repeats):
                 for system in systems:
@@ -57,24 +63,21 @@ def main() -> int:
                     if repeat >= 0:
                         rates[system.label].append(sample.get("rate"))
             base = rates[systems[0].label]
-            print(f"\n{group}: {args.count:,} tasks, 2 processes, {args.repeats} interleaved repeats")
-            for label, values in rates.items():
+            print(f"\n{label}: {args.count:,} tasks, 2 processes, {args.repeats} interleaved repeats")
+            for name, values in rates.items():
                 ratios = [v / b for v, b in zip(values, base, strict=True) if v and b]
-                print(f"  {label:32s} {median(values) or 0:8,.0f} tasks/s   x{median(ratios) or 0:.2f} vs as-is")
+                print(f"  {name:32s} {median(values) or 0:8,.0f} tasks/s   x{median(ratios) or 0:.2f}")
     return 0
 
 
-def memory(repeats: int) -> int:
-    """RSS/PSS of an idle 2-process worker started by ``amqptasks worker`` and without typer."""
-    systems = [System("at", "amqptasks worker (typer CLI)", "amqptasks"),
-               System("at", "worker_main() without typer", "amqptasks_nocli")]
-    with tempfile.TemporaryDirectory(prefix="amqptasks-exp-") as tmp:
-        params = Params(1, 1, 1, 1, 1.0, 1.0, 3.0, Path(tmp))
-        found: dict[str, list[tuple[float, float]]] = {s.label: [] for s in systems}
-        for _ in range(repeats):
-            for system in systems:
-                sample = measure("memory", system, params)
-                found[system.label].append((sample["rss_mb"], sample["pss_mb"]))
+def memory(systems: list[System], repeats: int, tmp: Path) -> int:
+    """RSS (summed over the worker's processes) and PSS of an idle 2-process worker."""
+    params = Params(1, 1, 1, 1, 1.0, 1.0, 3.0, tmp)
+    found: dict[str, list[tuple[float, float]]] = {s.label: [] for s in systems}
+    for _ in range(repeats):
+        for system in systems:
+            sample = measure("memory", system, params)
+            found[system.label].append((sample["rss_mb"], sample["pss_mb"]))
     for label, values in found.items():
         print(f"  {label:32s} RSS {median(v[0] for v in values) or 0:6.1f} MiB   PSS {median(v[1] for v in values) or 0:6.1f} MiB")
     return 0

@@ -104,6 +104,10 @@ class TestManagementApiForTopology:
         monkeypatch.delenv("AMQPTASKS_MANAGEMENT_URL")
         default = ManagementEndpoint.from_amqp_url("amqps://app:apppw@broker.example/%2F")
         assert default is not None and (default.base_url, default.vhost) == ("https://broker.example:15671", "/")
+        # Another AMQP port means another node (or a mapped container port): its API is not at
+        # host:15672, so there is no guess that could read a different broker's state.
+        assert ManagementEndpoint.from_amqp_url("amqp://app:apppw@127.0.0.1:5674/%2F") is None
+        assert ManagementEndpoint.from_amqp_url("amqp://app:apppw@127.0.0.1:5672/%2F") is not None
 
 
     def test_wrong_password_returns_none_and_never_logs_it(

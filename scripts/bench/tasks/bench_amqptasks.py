@@ -12,12 +12,6 @@ DONE = os.environ.get("BENCH_DONE", os.devnull)
 
 app = App("bench_amqptasks", broker=os.environ["BENCH_URL"], topology=os.environ["BENCH_TOPOLOGY"])
 
-if os.environ.get("BENCH_PATCH"):  # experiments only: candidate worker fixes (bench_patches.py)
-    import bench_patches
-
-    bench_patches.apply(os.environ["BENCH_PATCH"])
-
-
 @app.task(queue=QUEUE, ignore_result=True)
 def noop() -> None:
     with open(DONE, "ab") as f:
