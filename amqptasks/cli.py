@@ -16,22 +16,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from amqptasks.errors import (
-    AmqpTasksError,
-    BrokerUnavailable,
-    ConfigurationError,
-    TopologyConflict,
-    TopologyError,
-)
+from amqptasks.errors import AmqpTasksError
+from amqptasks.exit_codes import EXIT_INVALID, EXIT_OK, explain
 
 if TYPE_CHECKING:
     from amqptasks.core.topology import Topology
     from amqptasks.settings import Settings
-
-EXIT_OK = 0
-EXIT_INVALID = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
 
 # pretty_exceptions_show_locals=False: a traceback's locals could include a broker URL's password.
 cli = typer.Typer(
@@ -99,24 +89,11 @@ def _exit_codes() -> Iterator[None]:
     """Turn library errors into a message on stderr and the documented exit code."""
     try:
         yield
-    except TopologyError as exc:
-        for issue in exc.issues:
-            typer.echo(str(issue), err=True)
-        count = len(exc.issues)
-        typer.echo(f"{count} error{'s' if count != 1 else ''}: fix the files above and run again.", err=True)
-        raise typer.Exit(EXIT_INVALID) from None
-    except TopologyConflict as exc:
-        typer.echo(exc.report, err=True)
-        raise typer.Exit(EXIT_INVALID) from None
-    except BrokerUnavailable as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_UNREACHABLE) from None
-    except ConfigurationError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_USAGE) from None
     except AmqpTasksError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(EXIT_INVALID) from None
+        lines, code = explain(exc)
+        for line in lines:
+            typer.echo(line, err=True)
+        raise typer.Exit(code) from None
 
 
 @topology_app.command("validate")
@@ -200,15 +177,14 @@ def worker_command(
     burst: Annotated[bool, typer.Option("--burst", help="Drain the queues, then exit 0.")] = False,
 ) -> None:
     """Consume tasks: prefetch, late acks, replies, dead-letters, graceful shutdown, reconnects."""
-    from amqptasks.worker.command import worker_main
+    from amqptasks.worker.command import exec_worker
 
-    with _exit_codes():
-        code = worker_main(
-            app=app, queues=queues, processes=processes, threads=threads, prefetch=prefetch, broker=broker,
-            topology=[str(path) for path in topology] if topology else None, loglevel=loglevel, grace=grace,
-            burst=burst,
-        )
-    raise typer.Exit(code)
+    # Hands over to a process without typer (exec, same PID): see amqptasks/worker/__main__.py.
+    exec_worker(
+        app=app, queues=queues, processes=processes, threads=threads, prefetch=prefetch, broker=broker,
+        topology=[str(path) for path in topology] if topology else None, loglevel=loglevel, grace=grace,
+        burst=burst,
+    )
 
 
 Queue = Annotated[str, typer.Argument(metavar="QUEUE", help="The dead-letter queue, e.g. celery.dead.")]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from pathlib import Path
+from typing import Any, NoReturn
 
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.locate import app_reference, load_app
@@ -37,3 +41,14 @@ def worker_main(
     if broker or topology:
         the_app = the_app.configured(broker=broker, topology=topology)
     return run_worker(the_app, config, loglevel=loglevel)
+
+
+def exec_worker(**options: Any) -> NoReturn:
+    """Replace this process with ``python -m amqptasks.worker`` running ``worker_main(**options)``.
+
+    Same PID, signals and working directory; what the CLI had imported is gone (see
+    ``amqptasks/worker/__main__.py`` for why).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "amqptasks.worker", json.dumps(options)])

@@ -55,8 +55,6 @@ def worker_command(family: str, queue: str, processes: int, rpc: bool = False) -
     if family == "amqptasks":
         return [PYTHON, "-m", "amqptasks", "worker", "-A", "bench_amqptasks", "--queues", queue,
                 "--processes", n, "--loglevel", "warning"], processes
-    if family == "amqptasks_nocli":  # experiments: the same worker, started without typer
-        return [PYTHON, str(TASKS_DIR / "worker_no_cli.py"), queue, n], processes
     if family == "celery":  # prefork: one consumer in the main process feeds the pool
         return [str(BIN / "celery"), "-A", "bench_celery", "worker", "-P", "prefork", "-c", n, "-Q", queue,
                 "--loglevel", "warning"], 1

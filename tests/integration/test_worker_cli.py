@@ -1,0 +1,46 @@
+"""``amqptasks worker`` errors: the message names the problem, the exit code is the documented one.
+
+The worker hands over from the typer CLI to ``python -m amqptasks.worker`` (exec); these check that
+errors raised after the hand-over still read and exit as the CLI documents.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _worker(tmp_path: Path, broker_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, AMQPTASKS_BROKER_URL=broker_url)
+    return subprocess.run(
+        [sys.executable, "-m", "amqptasks", "worker", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.timeout(40)
+def test_an_unknown_app_module_exits_2_naming_it(tmp_path: Path, broker_url: str) -> None:
+    done = _worker(tmp_path, broker_url, "-A", "no_such_tasks_module", "--processes", "1")
+    assert done.returncode == 2, done.stderr
+    assert "no_such_tasks_module" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(40)
+def test_a_broker_that_does_not_answer_exits_3_naming_host_and_port(tmp_path: Path, broker_url: str) -> None:
+    (tmp_path / "cli_tasks.py").write_text("from amqptasks import App\napp = App('cli_tasks')\n")
+    done = _worker(tmp_path, "amqp://guest:guest@127.0.0.1:1/%2F", "-A", "cli_tasks", "--processes", "1")
+    assert done.returncode == 3, done.stderr
+    assert "127.0.0.1:1" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(40)
+def test_bad_options_are_refused_by_the_cli_before_the_hand_over(tmp_path: Path, broker_url: str) -> None:
+    done = _worker(tmp_path, broker_url, "-A", "cli_tasks", "--threads", "lots")
+    assert done.returncode == 2
+    assert "--threads" in done.stderr
