@@ -137,17 +137,9 @@ def outgoing(
     delay_prefix: str = DELAY_EXCHANGE_PREFIX,
 ) -> Outgoing:
     """Encode a task message per docs/protocol.md. Replies use direct reply-to (see there why)."""
-    message = envelope.TaskMessage(
-        id=task_id,
-        task=task_name,
-        args=tuple(args),
-        kwargs=kwargs or {},
-        eta_ms=eta_ms,
-        expires_ms=expires_ms,
-        reply_to=envelope.DIRECT_REPLY_TO if want_result else None,
-        priority=priority,
-        extra_headers=headers,
+    body, properties = envelope.encode_new_task(
+        task_id, task_name, args, kwargs, reply_to=envelope.DIRECT_REPLY_TO if want_result else None,
+        priority=priority, eta_ms=eta_ms, expires_ms=expires_ms, extra_headers=headers, timestamp=now_ms // 1000,
     )
-    body, properties = envelope.encode_task(message, timestamp=now_ms // 1000)
     publish_to, landing = plan_delivery(destination, eta_ms, now_ms, delay_prefix)
     return Outgoing(task_id, task_name, body, properties, publish_to, landing)

@@ -340,3 +340,15 @@ def test_public_names() -> None:
                  "PublishTimeout", "BrokerUnavailable", "ConfigurationError", "ResultUnavailable", "Signature"):
         assert hasattr(amqptasks, name), name
     assert issubclass(amqptasks.ResultTimeout, TimeoutError)
+
+
+def test_task_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    from amqptasks.task import new_task_id
+
+    ids = [new_task_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)

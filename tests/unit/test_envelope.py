@@ -36,7 +36,7 @@ def test_task_message_as_protocol_md_describes_it() -> None:
     body, props = encode_task(TaskMessage(id="i", task="tasks.add", args=(3, 4), reply_to=envelope.DIRECT_REPLY_TO))
     assert json.loads(body) == {"args": [3, 4], "kwargs": {}}
     assert props.content_type == "application/json" and props.delivery_mode == 2
-    assert props.headers == {"amqptasks": 1, "task": "tasks.add", "id": "i", "retries": 0}
+    assert props.headers == {"amqptasks": 1, "task": "tasks.add", "id": "i"}  # retries 0 is the default, omitted
     assert props.reply_to == "amq.rabbitmq.reply-to" and props.correlation_id == "i"
 
 

@@ -111,7 +111,7 @@ def test_outgoing_carries_the_protocol_properties() -> None:
     assert props.message_id == "id-1" and props.correlation_id == "id-1"
     assert props.reply_to == envelope.DIRECT_REPLY_TO and item.wants_result
     assert props.priority == 5 and props.timestamp == 1_700_000_000
-    assert props.headers == {"tenant": "a", "amqptasks": 1, "task": "tasks.add", "id": "id-1", "retries": 0, "expires": 2000}
+    assert props.headers == {"tenant": "a", "amqptasks": 1, "task": "tasks.add", "id": "id-1", "expires": 2000}
     assert item.body == b'{"args":[3,4],"kwargs":{}}'
 
 
