@@ -255,11 +255,14 @@ def _sync_rpc(system: str) -> Callable[[int], Any]:
     channel = connection.channel()
     replies: dict[str, bytes] = {}
     channel.basic_consume("amq.rabbitmq.reply-to", lambda _c, _m, p, b: replies.__setitem__(p.correlation_id, b), auto_ack=True)
+    confirm = os.environ.get("BENCH_CONFIRM") == "1"  # raw_pika_confirm: what a confirmed send costs
+    if confirm:
+        channel.confirm_delivery()
 
     def call(i: int) -> int:
         cid = uuid.uuid4().hex
-        props = pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id=cid)
-        channel.basic_publish("", QUEUE, json.dumps([i, 1]).encode(), props)
+        props = pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id=cid, delivery_mode=2 if confirm else None)
+        channel.basic_publish("", QUEUE, json.dumps([i, 1]).encode(), props, mandatory=confirm)
         deadline = time.monotonic() + 10
         while cid not in replies and time.monotonic() < deadline:
             connection.process_data_events(time_limit=1)

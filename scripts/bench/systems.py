@@ -103,6 +103,8 @@ RPC = [
     System("celery", "Celery rpc://", "celery", "prefork -c 1, rpc:// result backend", vs="at_sync", env={"rpc": True}),
     System("faststream", "FastStream request()", "faststream", "--workers 1, direct reply-to", vs="at_sync", env={"rpc": True}),
     System("raw_pika", "raw pika direct reply-to", "raw_pika", "raw responder, 1 process (the floor)", vs="at_sync"),
+    System("raw_pika_confirm", "raw pika + confirms", "raw_pika", "the floor with publisher confirms, as amqptasks sends",
+           vs="at_sync", env=CONFIRM),
 ]
 
 MEMORY = [
