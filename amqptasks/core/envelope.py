@@ -171,7 +171,7 @@ def decode_task(
     task_id = headers.get(H_ID)
     task_id = task_id if isinstance(task_id, str) and task_id else None
     task = headers.get(H_TASK)
-    if isinstance(task, bytes):  # pika hands long strings back as bytes on some paths
+    if isinstance(task, bytes | bytearray):  # long strings as bytes (pika), byte arrays (aiormq)
         task = task.decode("utf-8", "replace")
     if not isinstance(task, str) or not task:
         raise PoisonMessage(f"missing header {H_TASK!r} (the task name)", task_id)
@@ -190,6 +190,8 @@ def decode_task(
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise PoisonMessage('body "args" must be a list and "kwargs" an object', task_id, task)
     retries = _int_header(headers, H_RETRIES, task_id) or 0
+    if retries < 0:
+        raise PoisonMessage(f"header {H_RETRIES!r} must be 0 or more, got {retries}", task_id, task)
     known = {H_PROTOCOL, H_TASK, H_ID, H_RETRIES, H_ETA, H_EXPIRES}
     return TaskMessage(
         id=task_id,

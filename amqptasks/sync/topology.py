@@ -132,6 +132,7 @@ def management_endpoint(connection: BlockingConnection, management_url: str | No
     return ManagementEndpoint.for_broker(
         scheme="amqps" if params.ssl_options is not None else "amqp",
         host=params.host,
+        port=params.port,
         vhost=params.virtual_host,
         username=getattr(credentials, "username", "guest"),
         password=getattr(credentials, "password", "guest"),

@@ -18,8 +18,8 @@ import aiormq
 import aiormq.exceptions
 from pamqp import commands as spec
 
+from amqptasks.aio import wire
 from amqptasks.aio.connection import aconnect
-from amqptasks.core.acks import AckBatch, AckWindow
 from amqptasks.core.deadletter import DeadLetterTarget, dead_letter_target, fallback_queue
 from amqptasks.core.envelope import (
     Outcome,
@@ -36,16 +36,15 @@ from amqptasks.core.retry import Retry, decide_for_task
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.execute import Attempt, Prepared, prepare, run_async, run_sync
+from amqptasks.worker.acks import AckSender
 from amqptasks.worker.handoff import ThreadHandoff
+from amqptasks.worker.replies import ReplyPublisher
 
 if TYPE_CHECKING:
     from amqptasks.app import App
     from amqptasks.core.topology import Topology
 
 log = logging.getLogger("amqptasks.worker")
-
-# How long finished deliveries above a still-running one wait before they are acked singly.
-ACK_HOLD_SECONDS = 0.05
 
 # Connection-level failures after which we reconnect rather than crash.
 RECOVERABLE = (
@@ -72,17 +71,23 @@ def to_pamqp(properties: Properties) -> spec.Basic.Properties:
 def republished(
     props: spec.Basic.Properties, headers: dict[str, Any], *, keep_reply_to: bool
 ) -> spec.Basic.Properties:
-    """Properties of a copy we publish of a delivery (a dead letter, a retry): persistent, new headers."""
+    """Properties of a copy we publish of a delivery (a dead letter, a retry): persistent, new headers.
+
+    Whatever the original carried, the copy must encode: strings that were not UTF-8 become text,
+    header values pamqp cannot write become their repr (aio/wire.py).
+    """
+    header_id = headers.get("id")
+    message_id = wire.text(props.message_id) or (header_id if isinstance(header_id, str) and header_id else None)
     return spec.Basic.Properties(
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
+        content_type=wire.text(props.content_type),
+        content_encoding=wire.text(props.content_encoding),
         delivery_mode=2,
-        message_id=props.message_id or headers.get("id") or f"copy-{time.time_ns()}",
-        correlation_id=props.correlation_id,
-        reply_to=props.reply_to if keep_reply_to else None,
+        message_id=message_id or f"copy-{time.time_ns()}",
+        correlation_id=wire.text(props.correlation_id),
+        reply_to=wire.text(props.reply_to) if keep_reply_to else None,
         priority=props.priority,
         timestamp=props.timestamp,
-        headers=headers,
+        headers=wire.encodable_headers(headers),
     )
 
 
@@ -100,12 +105,9 @@ class Consumer:
         self._targets = {queue: dead_letter_target(topology, queue) for queue in config.queues}
         self._consume: aiormq.abc.AbstractChannel | None = None
         self._confirm: aiormq.abc.AbstractChannel | None = None
-        # Acks of the current consume channel, sent once per loop turn (see core/acks.py).
-        self._acks = AckWindow(hold=max(1, config.prefetch // 2))
-        self._ack_flush_scheduled = False
-        self._ack_timer: asyncio.TimerHandle | None = None
-        self._ack_sends: set[asyncio.Task[None]] = set()
-        self._ack_order = asyncio.Lock()
+        self._acks: AckSender | None = None  # the current consume channel's
+        self._replies: ReplyPublisher | None = None
+        self._consumed_since_loss = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -126,6 +128,8 @@ class Consumer:
                 except RECOVERABLE as exc:
                     if self._stopping.is_set():
                         break
+                    if self._consumed_since_loss:  # it worked until now: back off from the start
+                        delay, self._consumed_since_loss = 0.1, False
                     log.warning("connection lost (%s); reconnecting in %.1fs", _brief(exc), delay)
                     try:
                         await asyncio.wait_for(self._stopping.wait(), timeout=delay)
@@ -135,11 +139,16 @@ class Consumer:
         finally:
             if self._threads is not None:
                 self._threads.stop()
+            if self._replies is not None:
+                await self._replies.close()
 
     async def _session(self) -> None:
         """One connection's life: provision, consume, wait for stop or loss, drain on stop."""
         from amqptasks.aio.topology import aprovision
 
+        wire.install()  # before any frame is decoded: a bad one must not close the connection
+        if self._replies is None:
+            self._replies = ReplyPublisher(self.app.settings, f"amqptasks worker {self.app.main} {self.name}", RECOVERABLE)
         connection = await aconnect(self.app.settings, f"amqptasks worker {self.app.main} {self.name} pid={os.getpid()}")
         lost = asyncio.get_running_loop().create_future()
 
@@ -153,9 +162,7 @@ class Consumer:
             consume_channel = await connection.channel(publisher_confirms=False)
             confirm_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._consume = await consume_channel.get_underlay_channel()
-            # Delivery tags restart on a new channel; a send stuck on the old one must not block these.
-            self._acks = AckWindow(hold=self._acks.hold)
-            self._ack_order = asyncio.Lock()
+            self._acks = AckSender(self._consume, hold=max(1, self.config.prefetch // 2), recoverable=RECOVERABLE)
             self._confirm = await confirm_channel.get_underlay_channel()
             # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
             await self._consume.basic_qos(prefetch_count=self.config.prefetch, global_=False)
@@ -164,6 +171,7 @@ class Consumer:
                 ok = await self._consume.basic_consume(queue, self._callback_for(queue), no_ack=False)
                 tags.append(ok.consumer_tag)
             log.info("%s consuming from %s", self.name, ", ".join(self.config.queues))
+            self._consumed_since_loss = True
             stop_wait = asyncio.ensure_future(self._stopping.wait())
             burst_wait = asyncio.ensure_future(self._drained()) if self.config.burst else None
             waits = [w for w in (stop_wait, burst_wait, lost) if w is not None]
@@ -176,7 +184,7 @@ class Consumer:
             self._stopping.set()
             await self._cancel_consumers(tags)
             await self._drain_inflight()
-            await self._flush_acks_now()
+            await self._acks.flush_now(timeout=self.app.settings.confirm_timeout)
             # Closing the channel is a round trip behind the acks: once it returns, the broker has them.
             try:
                 await self._consume.close()
@@ -223,6 +231,10 @@ class Consumer:
             self._inflight.add(task)
             try:
                 await self._handle(delivery, queue)
+            except RECOVERABLE as exc:
+                log.debug("connection trouble while handling a delivery (%s); it will be redelivered", _brief(exc))
+            except Exception as exc:  # a bug of ours must not leave the message unsettled
+                await self._settle_after_internal_error(delivery, queue, exc)
             finally:
                 self._inflight.discard(task)
 
@@ -230,7 +242,7 @@ class Consumer:
 
     async def _handle(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> None:
         props = delivery.header.properties
-        reply_to = props.reply_to
+        reply_to = wire.text(props.reply_to)  # bytes when it was not UTF-8 (aio/wire.py)
         try:
             message = decode_task(
                 delivery.body, props.headers, content_type=props.content_type, reply_to=reply_to, priority=props.priority
@@ -309,8 +321,9 @@ class Consumer:
     async def _reject_poison(self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage) -> None:
         props = delivery.header.properties
         log.warning("dead-lettering a message from %s: %s", queue, poison.reason)
-        if props.reply_to and poison.task_id:
-            await self._reply(props.reply_to, failure(poison.task_id, poison.kind, poison.reason))
+        reply_to = wire.text(props.reply_to)
+        if reply_to and poison.task_id:
+            await self._reply(reply_to, failure(poison.task_id, poison.kind, poison.reason))
         await self._dead_letter(delivery, queue, reason=poison.reason)
         await self._ack(delivery)
 
@@ -318,9 +331,25 @@ class Consumer:
 
     async def _reply(self, reply_to: str, outcome: Outcome) -> None:
         body, properties = encode_result(outcome)
-        assert self._consume is not None
-        # Same channel as the ack that follows, so the reply is written before the ack.
-        await self._consume.basic_publish(body, exchange="", routing_key=reply_to, properties=to_pamqp(properties))
+        assert self._replies is not None
+        # Its own connection (worker/replies.py); sent before the ack is queued.
+        await self._replies.publish(reply_to, body, to_pamqp(properties), outcome.task_id)
+
+    async def _settle_after_internal_error(self, delivery: aiormq.abc.DeliveredMessage, queue: str, exc: Exception) -> None:
+        """Dead-letter with the reason and ack; failing that, reject without requeue (the queue's own
+        dead-letter exchange, if any, takes it). Never leave the delivery holding a prefetch slot."""
+        log.error("internal error handling a message from %s; dead-lettering it", queue, exc_info=exc)
+        try:
+            await self._dead_letter(delivery, queue, reason=f"internal error handling this message: {type(exc).__name__}: {exc}"[:1000])
+            await self._ack(delivery)
+        except Exception as again:
+            log.error("could not dead-letter it either (%s); rejecting it without requeue", _brief(again))
+            try:
+                await delivery.channel.basic_reject(delivery.delivery.delivery_tag, requeue=False)
+                if self._acks is not None and delivery.channel is self._acks.channel:
+                    self._acks.settled_on_wire(delivery.delivery.delivery_tag)
+            except RECOVERABLE:
+                pass
 
     async def _dead_letter(
         self,
@@ -387,60 +416,19 @@ class Consumer:
 
     async def _ack(self, delivery: aiormq.abc.DeliveredMessage) -> None:
         """Settle ``delivery``: its ack goes out with the others finished in this loop turn."""
-        if delivery.channel is not self._consume:
+        if self._acks is None or delivery.channel is not self._acks.channel:
             # Its channel died under us: the broker redelivers this message (at-least-once).
             log.warning("ack lost (channel closed); the message will be redelivered")
             return
-        self._acks.settle(delivery.delivery.delivery_tag)
-        if not self._ack_flush_scheduled:
-            self._ack_flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_acks)
+        self._acks.ack(delivery.delivery.delivery_tag)
 
     async def _release(self, delivery: aiormq.abc.DeliveredMessage) -> None:
         try:
             await delivery.channel.basic_reject(delivery.delivery.delivery_tag, requeue=True)
         except RECOVERABLE:
             return
-        if delivery.channel is self._consume:
-            self._acks.settle(delivery.delivery.delivery_tag, acked=True)
-
-    def _flush_acks(self, force: bool = False) -> None:
-        self._ack_flush_scheduled = False
-        batch = self._acks.take(force=force)
-        if batch and self._consume is not None:
-            send = asyncio.ensure_future(self._send_acks(self._consume, batch))
-            self._ack_sends.add(send)
-            send.add_done_callback(self._ack_sends.discard)
-        if self._acks.waiting and self._ack_timer is None:
-            # Finished deliveries above a still-running one: ack them soon even if it runs on.
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_HOLD_SECONDS, self._flush_held_acks)
-
-    def _flush_held_acks(self) -> None:
-        self._ack_timer = None
-        self._flush_acks(force=True)
-
-    async def _flush_acks_now(self) -> None:
-        """Before a connection closes on purpose: every finished delivery's ack queued for writing."""
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
-        self._flush_acks(force=True)
-        if self._ack_sends:
-            await asyncio.wait(set(self._ack_sends), timeout=self.app.settings.confirm_timeout)
-
-    async def _send_acks(self, channel: aiormq.abc.AbstractChannel, batch: AckBatch) -> None:
-        # One batch at a time, in order (the lock is FIFO): a multiple ack from a later batch must
-        # not overtake a single ack it covers, or the broker sees that tag twice and closes the
-        # channel. aiormq's write queue is bounded, so queueing a batch can suspend midway. No
-        # waiting for the socket inside the lock: on a dead connection that wait never ends.
-        frames = [(batch.upto, True)] if batch.upto is not None else []
-        frames += [(tag, False) for tag in batch.singles]
-        try:
-            async with self._ack_order:
-                for tag, multiple in frames:
-                    await channel.basic_ack(tag, multiple=multiple, wait=False)
-        except RECOVERABLE as exc:
-            log.warning("acks lost (%s); those messages will be redelivered", _brief(exc))
+        if self._acks is not None and delivery.channel is self._acks.channel:
+            self._acks.settled_on_wire(delivery.delivery.delivery_tag)
 
 def _brief(exc: BaseException | None) -> str:
     if exc is None:

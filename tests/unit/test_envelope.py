@@ -105,3 +105,8 @@ def test_dead_letter_headers_keep_the_original_and_add_why() -> None:
     assert headers["task"] == "t" and headers["x-original-queue"] == "q" and headers["x-dead-lettered-at"] == 5
     assert headers["x-exception-type"] == "ValueError"
     assert len(headers["x-traceback"].encode()) <= envelope.TRACEBACK_LIMIT
+
+
+def test_a_negative_retries_header_is_poison() -> None:
+    with pytest.raises(PoisonMessage, match="'retries' must be 0 or more, got -5"):
+        decode_task(b'{"args": [], "kwargs": {}}', {"task": "t", "id": "i", "retries": -5}, content_type="application/json")
