@@ -8,35 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiormq
 import aiormq.exceptions
-from pamqp import commands as spec
 
 from amqptasks.aio import wire
 from amqptasks.aio.connection import aconnect
-from amqptasks.core.deadletter import DeadLetterTarget, dead_letter_target, fallback_queue
+from amqptasks.core.deadletter import dead_letter_target
 from amqptasks.core.envelope import (
     Outcome,
     PoisonMessage,
-    Properties,
     decode_task,
-    dead_letter_headers,
     encode_result,
     failure,
-    retry_headers,
 )
-from amqptasks.core.delays import delay_routing_key, entry_exchange
 from amqptasks.core.retry import Retry, decide_for_task
-from amqptasks.errors import AmqpTasksError, BrokerUnavailable
+from amqptasks.errors import BrokerUnavailable
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.execute import Attempt, Prepared, prepare, run_async, run_sync
 from amqptasks.worker.acks import AckSender
+from amqptasks.worker.copies import CopyPublisher, to_pamqp
 from amqptasks.worker.handoff import ThreadHandoff
 from amqptasks.worker.replies import ReplyPublisher
 
@@ -56,41 +50,6 @@ RECOVERABLE = (
 )
 
 
-def to_pamqp(properties: Properties) -> spec.Basic.Properties:
-    return spec.Basic.Properties(
-        content_type=properties.content_type,
-        delivery_mode=properties.delivery_mode,
-        message_id=properties.message_id,
-        correlation_id=properties.correlation_id,
-        reply_to=properties.reply_to,
-        priority=properties.priority,
-        headers=dict(properties.headers),
-    )
-
-
-def republished(
-    props: spec.Basic.Properties, headers: dict[str, Any], *, keep_reply_to: bool
-) -> spec.Basic.Properties:
-    """Properties of a copy we publish of a delivery (a dead letter, a retry): persistent, new headers.
-
-    Whatever the original carried, the copy must encode: strings that were not UTF-8 become text,
-    header values pamqp cannot write become their repr (aio/wire.py).
-    """
-    header_id = headers.get("id")
-    message_id = wire.text(props.message_id) or (header_id if isinstance(header_id, str) and header_id else None)
-    return spec.Basic.Properties(
-        content_type=wire.text(props.content_type),
-        content_encoding=wire.text(props.content_encoding),
-        delivery_mode=2,
-        message_id=message_id or f"copy-{time.time_ns()}",
-        correlation_id=wire.text(props.correlation_id),
-        reply_to=wire.text(props.reply_to) if keep_reply_to else None,
-        priority=props.priority,
-        timestamp=props.timestamp,
-        headers=wire.encodable_headers(headers),
-    )
-
-
 class Consumer:
     """Consumes ``config.queues`` in this process until :meth:`request_stop` (or drained, in burst)."""
 
@@ -106,6 +65,7 @@ class Consumer:
         self._consume: aiormq.abc.AbstractChannel | None = None
         self._confirm: aiormq.abc.AbstractChannel | None = None
         self._acks: AckSender | None = None  # the current consume channel's
+        self._copies: CopyPublisher | None = None  # dead letters and retries, confirmed
         self._replies: ReplyPublisher | None = None
         self._consumed_since_loss = False
 
@@ -164,6 +124,7 @@ class Consumer:
             self._consume = await consume_channel.get_underlay_channel()
             self._acks = AckSender(self._consume, hold=max(1, self.config.prefetch // 2), recoverable=RECOVERABLE)
             self._confirm = await confirm_channel.get_underlay_channel()
+            self._copies = CopyPublisher(self._confirm, self._targets, self.app.settings)
             # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
             await self._consume.basic_qos(prefetch_count=self.config.prefetch, global_=False)
             tags = []
@@ -359,60 +320,12 @@ class Consumer:
         reason: str,
         exc: tuple[str, str, str] = ("", "", ""),
     ) -> None:
-        """Publish a copy with the reason, confirmed, BEFORE the original is acked."""
-        props = delivery.header.properties
-        raw_headers: Mapping[str, Any] = props.headers if isinstance(props.headers, Mapping) else {}
-        headers = dead_letter_headers(
-            raw_headers,
-            reason=reason,
-            queue=queue,
-            exchange=delivery.delivery.exchange or "",
-            routing_key=delivery.delivery.routing_key or "",
-            now_ms=int(time.time() * 1000),
-            exc_type=exc[0],
-            exc_message=exc[1],
-            traceback=exc[2],
-        )
-        # No reply_to: whoever waited for this task has had its error reply.
-        properties = republished(props, headers, keep_reply_to=False)
-        target = self._targets[queue]
-        try:
-            await self._publish_confirmed(delivery.body, target, properties)
-        except aiormq.exceptions.PublishError:
-            # The configured dead-letter route reaches no queue: never drop, use <queue>.dead.
-            fallback = fallback_queue(queue).name
-            log.error("dead-letter route %s/%s of %s reaches no queue; using %s", target.exchange, target.routing_key, queue, fallback)
-            assert self._confirm is not None
-            await self._confirm.queue_declare(fallback, durable=True)
-            await self._publish_confirmed(delivery.body, DeadLetterTarget("", fallback), properties)
+        assert self._copies is not None
+        await self._copies.dead_letter(delivery, queue, reason=reason, exc=exc)
 
     async def _retry(self, delivery: aiormq.abc.DeliveredMessage, queue: str, decision: Retry) -> None:
-        """Republish to this queue through the delay cascade, confirmed, before the ack (never requeue)."""
-        props = delivery.header.properties
-        now_ms = int(time.time() * 1000)
-        delay_ms = math.ceil(decision.countdown * 1000)
-        headers = retry_headers(props.headers, retries=decision.retries, due_ms=now_ms + delay_ms)
-        properties = republished(props, headers, keep_reply_to=True)  # the caller still waits
-        if delay_ms <= 0:
-            target = DeadLetterTarget("", queue)
-        else:
-            target = DeadLetterTarget(
-                entry_exchange(prefix=self.app.settings.delay_prefix), delay_routing_key(delay_ms, "", queue)
-            )
-        await self._publish_confirmed(delivery.body, target, properties)
-
-    async def _publish_confirmed(self, body: bytes, target: DeadLetterTarget, properties: spec.Basic.Properties) -> None:
-        assert self._confirm is not None
-        if target.declare:
-            await self._confirm.queue_declare(target.declare, durable=True)
-        confirmation = await asyncio.wait_for(
-            self._confirm.basic_publish(
-                body, exchange=target.exchange, routing_key=target.routing_key, properties=properties, mandatory=True
-            ),
-            timeout=self.app.settings.confirm_timeout,
-        )
-        if not isinstance(confirmation, spec.Basic.Ack):
-            raise AmqpTasksError(f"the broker did not confirm a dead letter to {target.exchange}/{target.routing_key}")
+        assert self._copies is not None
+        await self._copies.retry(delivery, queue, decision)
 
     async def _ack(self, delivery: aiormq.abc.DeliveredMessage) -> None:
         """Settle ``delivery``: its ack goes out with the others finished in this loop turn."""
