@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 from urllib.parse import unquote, urlsplit
 
 from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, QUEUE_TYPES
@@ -23,6 +26,9 @@ class BrokerAddress:
     port: int
     vhost: str
     username: str
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
@@ -62,6 +68,20 @@ class BrokerAddress:
             "Start it (./scripts/rabbitmq.sh) or set AMQPTASKS_BROKER_URL"
         )
 
+    def tls_failed(self, error: ssl.SSLError) -> str:
+        """A failed TLS handshake: what went wrong, and the setting that fixes it."""
+        reason = getattr(error, "verify_message", None) or getattr(error, "reason", None) or str(error)
+        if isinstance(error, ssl.SSLCertVerificationError):
+            return (
+                f"TLS: the certificate of the broker at {self.where} was not accepted ({reason}); set "
+                "AMQPTASKS_TLS_CA_FILE (tls_ca_file) to the CA that signed it, and connect with a host "
+                "name the certificate names"
+            )
+        return (
+            f"TLS handshake with the broker at {self.where} failed ({reason}); is that port a TLS listener, "
+            "and if the broker asks for a client certificate, do AMQPTASKS_TLS_CERT_FILE / AMQPTASKS_TLS_KEY_FILE hold one it accepts?"
+        )
+
     def refused_credentials(self) -> str:
         return f"broker at {self.where} refused the credentials of user {self.username!r}"
 
@@ -69,6 +89,46 @@ class BrokerAddress:
     def masked(self) -> str:
         """The URL with the password replaced by ``***``: safe to print and log."""
         return mask_url(self.url)
+
+
+_SSL_TEXT = re.compile(r"\[SSL: ([A-Z0-9_]+)\] ([^(\]'\"]+)")
+
+
+def find_tls_error(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a failed connect, if that is what it was (pika and aiormq wrap it)."""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    texts: list[str] = []
+    while stack:
+        current = stack.pop()
+        if isinstance(current, str):
+            texts.append(current)
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        stack.extend([*current.args, current.__cause__, current.__context__])
+    for text in texts:
+        # pika keeps an alert the broker sent after the handshake (it refused our client
+        # certificate) only as text: "... SSLError(1, '[SSL: TLSV1_ALERT_UNKNOWN_CA] ...')".
+        if found := _SSL_TEXT.search(text):
+            kind = ssl.SSLCertVerificationError if found.group(1) == "CERTIFICATE_VERIFY_FAILED" else ssl.SSLError
+            return kind(1, found.group(2).strip())
+    return None
+
+
+def _masked_repr(obj: object) -> str:
+    # Reprs reach logs, tracebacks (pytest, rich and Sentry print locals) and debuggers: URL fields
+    # show with the password masked.
+    parts = []
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        parts.append(f"{f.name}={mask_url(value)!r}" if f.name in _URL_FIELDS and isinstance(value, str) else f"{f.name}={value!r}")
+    return f"{type(obj).__name__}({', '.join(parts)})"
+
+
+_URL_FIELDS = frozenset({"url", "broker_url"})
 
 
 def mask_url(url: str) -> str:
@@ -98,6 +158,19 @@ def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _env_path(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    return raw if raw else None
+
+
+#: Settings field -> environment variable, for the TLS files (read-only).
+TLS_ENV: Mapping[str, str] = MappingProxyType({
+    "tls_ca_file": "AMQPTASKS_TLS_CA_FILE",
+    "tls_cert_file": "AMQPTASKS_TLS_CERT_FILE",
+    "tls_key_file": "AMQPTASKS_TLS_KEY_FILE",
+})
+
+
 @dataclass(frozen=True)
 class Settings:
     """Connection and timing settings. Build with :meth:`from_env` to honour ``AMQPTASKS_*``."""
@@ -110,6 +183,14 @@ class Settings:
     reconnect_delay: float = 0.5
     delay_prefix: str = DELAY_EXCHANGE_PREFIX  # names of the delay cascade's exchanges and queues
     delay_queue_type: str = LEVEL_QUEUE_TYPE  # quorum (at-least-once dead-lettering, 3.10+) or classic
+    # TLS (amqps:// only): the CA bundle that signed the broker's certificate (else the system's),
+    # and a client certificate + key for brokers that ask for one (both or neither).
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    def __repr__(self) -> str:
+        return _masked_repr(self)
 
     def __post_init__(self) -> None:
         BrokerAddress.parse(self.broker_url)  # reject a bad URL when the settings are made
@@ -122,6 +203,44 @@ class Settings:
             raise ConfigurationError(f"delay_queue_type must be one of {', '.join(QUEUE_TYPES)}, got {self.delay_queue_type!r}")
         if self.reconnect_attempts < 0:
             raise ConfigurationError("reconnect_attempts must be 0 or more")
+        self._check_tls()
+
+    def _check_tls(self) -> None:
+        given = [name for name in TLS_ENV if getattr(self, name)]
+        if not given:
+            return
+        names = ", ".join(f"{name} ({TLS_ENV[name]})" for name in given)
+        if BrokerAddress.parse(self.broker_url).scheme != "amqps":
+            # Silently connecting in plain text while TLS files are configured would be worse.
+            raise ConfigurationError(f"{names} set but the broker URL is not amqps://; use amqps://host:5671/vhost")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigurationError(
+                "a client certificate needs both tls_cert_file (AMQPTASKS_TLS_CERT_FILE) and "
+                "tls_key_file (AMQPTASKS_TLS_KEY_FILE)"
+            )
+        for name in given:
+            path = getattr(self, name)
+            if not os.path.isfile(path):
+                raise ConfigurationError(f"{name} ({TLS_ENV[name]}) {path!r}: no such file")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for an ``amqps://`` broker (``None`` for ``amqp://``): certificates and
+        host names are always verified, against ``tls_ca_file`` or else the system's CAs."""
+        if self.address.scheme != "amqps":
+            return None
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigurationError(f"tls_ca_file (AMQPTASKS_TLS_CA_FILE) {self.tls_ca_file!r} is not a PEM CA bundle: {exc}") from None
+        if self.tls_cert_file and self.tls_key_file:
+            try:
+                context.load_cert_chain(self.tls_cert_file, self.tls_key_file)
+            except (ssl.SSLError, OSError) as exc:
+                raise ConfigurationError(
+                    f"cannot load the client certificate {self.tls_cert_file!r} with key {self.tls_key_file!r} "
+                    f"(AMQPTASKS_TLS_CERT_FILE / AMQPTASKS_TLS_KEY_FILE): {exc}"
+                ) from None
+        return context
 
     @property
     def address(self) -> BrokerAddress:
@@ -137,6 +256,7 @@ class Settings:
             confirm_timeout=_env_float(env, "AMQPTASKS_CONFIRM_TIMEOUT", cls.confirm_timeout),
             delay_prefix=env.get("AMQPTASKS_DELAY_PREFIX") or DELAY_EXCHANGE_PREFIX,
             delay_queue_type=env.get("AMQPTASKS_DELAY_QUEUE_TYPE") or LEVEL_QUEUE_TYPE,
+            **{name: _env_path(env, variable) for name, variable in TLS_ENV.items()},
         )
 
     def with_broker(self, broker_url: str) -> Settings:

@@ -8,7 +8,7 @@ import aio_pika
 import aiormq.exceptions
 
 from amqptasks.errors import BrokerUnavailable
-from amqptasks.settings import Settings
+from amqptasks.settings import Settings, find_tls_error
 
 
 def _url_with_name(settings: Settings, name: str) -> str:
@@ -23,10 +23,12 @@ async def aconnect(settings: Settings, name: str, *, robust: bool = False) -> ai
     address = settings.address
     try:
         return await asyncio.wait_for(
-            factory(_url_with_name(settings, name), timeout=settings.connect_timeout),
+            # ssl_context: None for amqp://; for amqps:// the configured CA / client certificate.
+            factory(_url_with_name(settings, name), timeout=settings.connect_timeout, ssl_context=settings.ssl_context()),
             timeout=settings.connect_timeout + 1,
         )
     except aiormq.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(address.refused_credentials()) from None
     except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
-        raise BrokerUnavailable(address.unreachable(exc)) from None
+        tls = find_tls_error(exc) if address.scheme == "amqps" else None
+        raise BrokerUnavailable(address.tls_failed(tls) if tls is not None else address.unreachable(exc)) from None

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import ssl
-
 import pika
 import pika.exceptions
 
 from amqptasks.errors import BrokerUnavailable
-from amqptasks.settings import BrokerAddress, Settings
+from amqptasks.settings import BrokerAddress, Settings, find_tls_error
 
 
 def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
@@ -21,13 +19,19 @@ def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
     params.heartbeat = settings.heartbeat
     params.connection_attempts = 1
     params.client_properties = {"connection_name": name, "product": "amqptasks"}
-    if address.scheme == "amqps" and params.ssl_options is None:
-        params.ssl_options = pika.SSLOptions(ssl.create_default_context(), address.host)
+    context = settings.ssl_context()
+    if context is not None:
+        # pika's own amqps default has no server_hostname, so a verifying context cannot check the
+        # certificate's name; ours names the host and carries the configured CA / client cert.
+        params.ssl_options = pika.SSLOptions(context, address.host)
     return params
 
 
 def describe_failure(address: BrokerAddress, exc: BaseException) -> str:
     """Why a connection failed, naming host:port and never the password."""
+    tls = find_tls_error(exc) if address.scheme == "amqps" else None
+    if tls is not None:
+        return address.tls_failed(tls)
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
         return address.refused_credentials()
     if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
