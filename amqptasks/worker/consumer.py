@@ -233,7 +233,7 @@ class Consumer:
         else:
             decision = decide_for_task(prepared.task.options, retries=message.retries, error=attempt.error)
             if isinstance(decision, Retry):
-                await self._retry(delivery, queue, decision)
+                await self._copy.retry(delivery, queue, decision)
                 log.warning(
                     "Task %s[%s] failed (%s: %s); retry %d in %.3fs",
                     message.task, message.id, outcome.exc_type, outcome.exc_message, decision.retries, decision.countdown,
@@ -246,7 +246,7 @@ class Consumer:
         if reply_to and not prepared.task.options.ignore_result:
             await self._reply(reply_to, outcome)
         if not outcome.successful:
-            await self._dead_letter(
+            await self._copy.dead_letter(
                 delivery,
                 queue,
                 reason=decision.reason,
@@ -276,7 +276,7 @@ class Consumer:
         log.warning("Task %s[%s] %s", task, task_id, reason)
         if reply_to and not prepared.task.options.ignore_result:
             await self._reply(reply_to, failure(task_id, "TaskExpired", reason))
-        await self._dead_letter(delivery, queue, reason=reason)
+        await self._copy.dead_letter(delivery, queue, reason=reason)
         await self._ack(delivery)
 
     async def _reject_poison(self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage) -> None:
@@ -285,7 +285,7 @@ class Consumer:
         reply_to = wire.text(props.reply_to)
         if reply_to and poison.task_id:
             await self._reply(reply_to, failure(poison.task_id, poison.kind, poison.reason))
-        await self._dead_letter(delivery, queue, reason=poison.reason)
+        await self._copy.dead_letter(delivery, queue, reason=poison.reason)
         await self._ack(delivery)
 
     # --- broker writes -----------------------------------------------------------------------
@@ -301,7 +301,7 @@ class Consumer:
         dead-letter exchange, if any, takes it). Never leave the delivery holding a prefetch slot."""
         log.error("internal error handling a message from %s; dead-lettering it", queue, exc_info=exc)
         try:
-            await self._dead_letter(delivery, queue, reason=f"internal error handling this message: {type(exc).__name__}: {exc}"[:1000])
+            await self._copy.dead_letter(delivery, queue, reason=f"internal error handling this message: {type(exc).__name__}: {exc}"[:1000])
             await self._ack(delivery)
         except Exception as again:
             log.error("could not dead-letter it either (%s); rejecting it without requeue", _brief(again))
@@ -312,20 +312,10 @@ class Consumer:
             except RECOVERABLE:
                 pass
 
-    async def _dead_letter(
-        self,
-        delivery: aiormq.abc.DeliveredMessage,
-        queue: str,
-        *,
-        reason: str,
-        exc: tuple[str, str, str] = ("", "", ""),
-    ) -> None:
-        assert self._copies is not None
-        await self._copies.dead_letter(delivery, queue, reason=reason, exc=exc)
-
-    async def _retry(self, delivery: aiormq.abc.DeliveredMessage, queue: str, decision: Retry) -> None:
-        assert self._copies is not None
-        await self._copies.retry(delivery, queue, decision)
+    @property
+    def _copy(self) -> CopyPublisher:
+        assert self._copies is not None, "dead letters and retries need a session"
+        return self._copies
 
     async def _ack(self, delivery: aiormq.abc.DeliveredMessage) -> None:
         """Settle ``delivery``: its ack goes out with the others finished in this loop turn."""

@@ -12,7 +12,6 @@ that raised is sent again under the same id, as an idempotent caller would.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import pytest
 from amqptasks.errors import AmqpTasksError
 from tests.faults.conftest import FaultApp, FaultBroker, duplicate_causes
 from tests.faults.ledger import record, tally, wait_complete
+from tests.faults.scenario import stop_worker
 
 TASKS = 5_000
 RESTART_AFTER = 1_500  # confirmed sends before the broker goes down
@@ -124,8 +124,4 @@ def test_broker_restart_loses_no_confirmed_task(fault_broker: FaultBroker, fault
             producer.join(timeout=30)
         if tasks is not None:
             app.close(tasks)
-        worker.signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=40)
-        finally:
-            worker.stop()
+        stop_worker(worker, timeout=40)

@@ -9,7 +9,6 @@ no confirmed task may vanish (raised ones are sent again, same id, after the ala
 from __future__ import annotations
 
 import asyncio
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from amqptasks.errors import AmqpTasksError, PublishTimeout
 from amqptasks.settings import Settings
 from tests.faults.conftest import FaultApp, FaultBroker, duplicate_causes
 from tests.faults.ledger import record, tally, wait_complete
+from tests.faults.scenario import stop_worker
 
 CONFIRM_TIMEOUT = 3.0  # AMQPTASKS_CONFIRM_TIMEOUT for the producers here: the alarm outlasts it
 ALARM_FOR = 10.0  # seconds the memory alarm stays raised
@@ -180,11 +180,7 @@ def test_sync_producer_under_a_memory_alarm(
         alarm.lower()
         if tasks is not None:
             app.close(tasks)
-        worker.signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=40)
-        finally:
-            worker.stop()
+        stop_worker(worker, timeout=40)
 
 
 @pytest.mark.timeout(150)
@@ -235,8 +231,4 @@ def test_async_producer_under_a_memory_alarm(
         alarm.lower()
         if tasks is not None:
             app.close(tasks)
-        worker.signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=40)
-        finally:
-            worker.stop()
+        stop_worker(worker, timeout=40)
