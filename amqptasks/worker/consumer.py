@@ -127,23 +127,27 @@ class Consumer:
             self._copies = CopyPublisher(self._confirm, self._targets, self.app.settings)
             # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
             await self._consume.basic_qos(prefetch_count=self.config.prefetch, global_=False)
-            tags = []
+            tags: dict[str, str] = {}
             for queue in self.config.queues:
                 ok = await self._consume.basic_consume(queue, self._callback_for(queue), no_ack=False)
-                tags.append(ok.consumer_tag)
+                tags[ok.consumer_tag] = queue
             log.info("%s consuming from %s", self.name, ", ".join(self.config.queues))
             self._consumed_since_loss = True
             stop_wait = asyncio.ensure_future(self._stopping.wait())
             burst_wait = asyncio.ensure_future(self._drained()) if self.config.burst else None
-            waits = [w for w in (stop_wait, burst_wait, lost) if w is not None]
+            cancelled = asyncio.ensure_future(self._cancelled_by_broker(tags))
+            waits = [w for w in (stop_wait, burst_wait, cancelled, lost) if w is not None]
             done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in (stop_wait, burst_wait):
+            for waiter in (stop_wait, burst_wait, cancelled):
                 if waiter is not None and not waiter.done():
                     waiter.cancel()
             if lost in done:
                 raise ConnectionError(f"connection closed: {_brief(lost.result())}")
+            if cancelled in done and not self._stopping.is_set():
+                # Start over on a new connection: provisioning declares the queue again if it is gone.
+                raise ConnectionError(f"the broker cancelled the consumer of {cancelled.result()} (queue deleted?)")
             self._stopping.set()
-            await self._cancel_consumers(tags)
+            await self._cancel_consumers(list(tags))
             await self._drain_inflight()
             await self._acks.flush_now(timeout=self.app.settings.confirm_timeout)
             # Closing the channel is a round trip behind the acks: once it returns, the broker has them.
@@ -154,6 +158,17 @@ class Consumer:
         finally:
             if not connection.is_closed:
                 await connection.close()
+
+    async def _cancelled_by_broker(self, tags: dict[str, str]) -> str:
+        """The queue whose consumer the broker cancelled (basic.cancel: the queue was deleted, or a
+        quorum queue lost its leader). aiormq drops such a consumer silently; without this check
+        the worker would stay connected and idle for good."""
+        assert self._consume is not None
+        while True:
+            await asyncio.sleep(1.0)
+            for tag, queue in tags.items():
+                if tag not in self._consume.consumers:
+                    return queue
 
     async def _cancel_consumers(self, tags: list[str]) -> None:
         assert self._consume is not None

@@ -13,6 +13,7 @@ from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import orjson
 import pika
@@ -269,3 +270,28 @@ def test_a_crashed_consumer_process_is_restarted(workdir: tuple[Path, str], brok
         assert tasks.add.delay(20, 22).get(timeout=10) == 42
         close_app(tasks)
     assert worker.exit_code == 0
+
+
+@pytest.mark.timeout(90)
+def test_worker_consumes_again_after_the_broker_cancels_its_consumer(
+    workdir: tuple[Path, str], broker_url: str, channel: Any
+) -> None:
+    """Deleting the queue makes RabbitMQ send basic.cancel; the worker must not sit idle afterwards."""
+    directory, queue = workdir
+    make_tasks(directory, queue, "wk_cancel")
+    with running_worker(directory, broker_url, "wk_cancel", queue, "--loglevel", "warning") as worker:
+        channel.queue_delete(queue)
+        # The worker notices, reconnects, declares the queue again and consumes it.
+        assert wait_for(lambda: _consumers(broker_url, queue) == 1, 20), worker.log
+        tasks = import_tasks(directory, "wk_cancel")
+        tasks.mark.delay(1)
+        close_app(tasks)
+        assert wait_for(lambda: done_lines(directory) == ["1"], 20), worker.log
+        assert "cancelled the consumer" in worker.log
+
+
+def _consumers(broker_url: str, queue: str) -> int:
+    try:
+        return queue_counts(broker_url, queue)[1]
+    except pika.exceptions.ChannelClosedByBroker:  # 404: the queue does not exist (yet)
+        return -1
