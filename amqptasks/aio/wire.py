@@ -89,12 +89,22 @@ def install() -> None:
 
 
 def text(value: Any) -> str | None:
-    """A property value as text pamqp can encode as a shortstr (``None`` stays ``None``)."""
-    if value is None or isinstance(value, str):
-        return value
+    """A property value as text pamqp can encode as a shortstr: UTF-8, at most 255 bytes
+    (``None`` stays ``None``). Replacement characters take 3 bytes, so bytes are cut after decoding."""
+    if value is None:
+        return None
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
-    return str(value)
+        value = bytes(value).decode("utf-8", "replace")
+    elif not isinstance(value, str):
+        value = str(value)
+    return _shortstr(value)
+
+
+def _shortstr(value: str) -> str:
+    encoded = value.encode("utf-8", "replace")
+    if len(encoded) <= 255:
+        return value
+    return encoded[:255].decode("utf-8", "ignore")  # cut at a character boundary
 
 
 def encodable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
@@ -103,13 +113,14 @@ def encodable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     rewritten: list[str] = []
     for name, value in headers.items():
+        key = _shortstr(name) if isinstance(name, str) else _shortstr(str(name))  # table keys are shortstrs
         try:
             encode.encode_table_value(value)
         except (TypeError, ValueError, OverflowError, struct.error):
-            kept[name] = repr(value)[:1000]
-            rewritten.append(name)
+            kept[key] = repr(value)[:1000]
+            rewritten.append(key)
         else:
-            kept[name] = value
+            kept[key] = value
     if rewritten:
         kept[H_REWRITTEN] = ", ".join(rewritten)[:1000]
     return kept

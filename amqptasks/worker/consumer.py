@@ -43,6 +43,7 @@ log = logging.getLogger("amqptasks.worker")
 # Connection-level failures after which we reconnect rather than crash.
 RECOVERABLE = (
     aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,  # a RuntimeError: sent on a channel that closed
     ConnectionError,
     OSError,
     asyncio.TimeoutError,
@@ -68,6 +69,7 @@ class Consumer:
         self._copies: CopyPublisher | None = None  # dead letters and retries, confirmed
         self._replies: ReplyPublisher | None = None
         self._consumed_since_loss = False
+        self._lost: asyncio.Future[Any] | None = None  # resolved to end the current session
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -108,9 +110,9 @@ class Consumer:
 
         wire.install()  # before any frame is decoded: a bad one must not close the connection
         if self._replies is None:
-            self._replies = ReplyPublisher(self.app.settings, f"amqptasks worker {self.app.main} {self.name}", RECOVERABLE)
+            self._replies = ReplyPublisher(self.app.settings, f"amqptasks worker {self.app.main} {self.name}")
         connection = await aconnect(self.app.settings, f"amqptasks worker {self.app.main} {self.name} pid={os.getpid()}")
-        lost = asyncio.get_running_loop().create_future()
+        self._lost = lost = asyncio.get_running_loop().create_future()
 
         def on_close(_sender: Any, exc: BaseException | None = None) -> None:
             if not lost.done():
@@ -121,6 +123,10 @@ class Consumer:
             await aprovision(connection, self.topology)
             consume_channel = await connection.channel(publisher_confirms=False)
             confirm_channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            # A channel the broker closes (consumer_timeout on a long task, a 404 on a publish) with
+            # the connection still up counts as lost too: start over rather than idle on it.
+            consume_channel.close_callbacks.add(on_close)
+            confirm_channel.close_callbacks.add(on_close)
             self._consume = await consume_channel.get_underlay_channel()
             self._acks = AckSender(self._consume, hold=max(1, self.config.prefetch // 2), recoverable=RECOVERABLE)
             self._confirm = await confirm_channel.get_underlay_channel()
@@ -142,7 +148,9 @@ class Consumer:
                 if waiter is not None and not waiter.done():
                     waiter.cancel()
             if lost in done:
-                raise ConnectionError(f"connection closed: {_brief(lost.result())}")
+                raise ConnectionError(f"connection or channel closed: {_brief(lost.result())}")
+            if burst_wait is not None and burst_wait.done() and burst_wait.exception() is not None:
+                raise burst_wait.exception()  # type: ignore[misc]  # not "drained": reconnect and go on
             if cancelled in done and not self._stopping.is_set():
                 # Start over on a new connection: provisioning declares the queue again if it is gone.
                 raise ConnectionError(f"the broker cancelled the consumer of {cancelled.result()} (queue deleted?)")
@@ -208,7 +216,9 @@ class Consumer:
             try:
                 await self._handle(delivery, queue)
             except RECOVERABLE as exc:
-                log.debug("connection trouble while handling a delivery (%s); it will be redelivered", _brief(exc))
+                # Unsettled: end this session (if it is still the delivery's); closing the connection
+                # returns the message to the queue. Never leave it holding a prefetch slot.
+                self._end_session(delivery, f"could not settle a delivery: {_brief(exc)}")
             except Exception as exc:  # a bug of ours must not leave the message unsettled
                 await self._settle_after_internal_error(delivery, queue, exc)
             finally:
@@ -239,6 +249,9 @@ class Consumer:
         attempt = await self._execute(prepared)
         if attempt is None:  # stopped before it could start
             await self._release(delivery)
+            return
+        if self._stale(delivery):
+            log.info("Task %s[%s] finished after its connection was replaced; the broker redelivers it", message.task, message.id)
             return
         outcome = attempt.outcome
         elapsed = time.perf_counter() - started
@@ -311,6 +324,16 @@ class Consumer:
         # Its own connection (worker/replies.py); sent before the ack is queued.
         await self._replies.publish(reply_to, body, to_pamqp(properties), outcome.task_id)
 
+    def _end_session(self, delivery: aiormq.abc.DeliveredMessage, reason: str) -> None:
+        if delivery.channel is self._consume and self._lost is not None and not self._lost.done():
+            log.warning("%s; reconnecting (unacked messages return to the queue)", reason)
+            self._lost.set_result(ConnectionError(reason))
+
+    def _stale(self, delivery: aiormq.abc.DeliveredMessage) -> bool:
+        """The delivery's channel was replaced while its task ran: the broker redelivers it, so
+        publishing its copies or acking it here would only make duplicates."""
+        return self._acks is None or delivery.channel is not self._acks.channel
+
     async def _settle_after_internal_error(self, delivery: aiormq.abc.DeliveredMessage, queue: str, exc: Exception) -> None:
         """Dead-letter with the reason and ack; failing that, reject without requeue (the queue's own
         dead-letter exchange, if any, takes it). Never leave the delivery holding a prefetch slot."""
@@ -318,6 +341,8 @@ class Consumer:
         try:
             await self._copy.dead_letter(delivery, queue, reason=f"internal error handling this message: {type(exc).__name__}: {exc}"[:1000])
             await self._ack(delivery)
+        except RECOVERABLE as again:  # the channel, not the message: it comes back after a reconnect
+            self._end_session(delivery, f"could not dead-letter after an internal error: {_brief(again)}")
         except Exception as again:
             log.error("could not dead-letter it either (%s); rejecting it without requeue", _brief(again))
             try:

@@ -106,7 +106,7 @@ class Attempt:
     error: BaseException | None = None
 
 
-def _failed(task_id: str, exc: Exception) -> Attempt:
+def _failed(task_id: str, exc: BaseException) -> Attempt:
     # A retry request reports the error that caused it, if it names one.
     shown = exc.exc if isinstance(exc, TaskRetry) and exc.exc is not None else exc
     return Attempt(failure(task_id, *describe_exception(shown)), exc)
@@ -116,7 +116,7 @@ def run_sync(prepared: Prepared) -> Attempt:
     """Call a plain function task; any exception becomes a FAILURE outcome."""
     try:
         value = prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
-    except Exception as exc:  # a task's failure is data, not a worker crash
+    except BaseException as exc:  # a task's failure is data; even sys.exit() must not end the thread
         return _failed(prepared.message.id, exc)
     return Attempt(success(prepared.message.id, value))
 

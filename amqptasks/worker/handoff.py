@@ -22,7 +22,7 @@ _STOP = object()
 
 
 class ThreadHandoff(Generic[ArgT, ResultT]):
-    """``threads`` threads calling ``fn(arg)`` for :meth:`submit`; ``fn`` must not raise.
+    """``threads`` threads calling ``fn(arg)`` for :meth:`submit` (what it raises goes to the waiter).
 
     After :meth:`stop`, work not yet started resolves to ``None`` instead of running: a stopping
     worker returns those messages to the queue rather than start them late.
@@ -32,7 +32,7 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
         self._loop = loop
         self._fn = fn
         self._work: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._finished: list[tuple[asyncio.Future[ResultT | None], ResultT | None]] = []
+        self._finished: list[tuple[asyncio.Future[ResultT | None], ResultT | None, BaseException | None]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads = [
@@ -44,7 +44,10 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
     def submit(self, arg: ArgT) -> asyncio.Future[ResultT | None]:
         """Queue ``arg`` for a thread; the future resolves to ``fn(arg)``, or ``None`` if stopped first."""
         future: asyncio.Future[ResultT | None] = self._loop.create_future()
-        self._work.put((arg, future))
+        if self._stopping.is_set():  # no thread would take it any more
+            future.set_result(None)
+        else:
+            self._work.put((arg, future))
         return future
 
     def stop(self) -> None:
@@ -59,9 +62,13 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
             if item is _STOP:
                 return
             arg, future = item  # type: ignore[misc]
-            result = None if self._stopping.is_set() else self._fn(arg)
+            error: BaseException | None = None
+            try:
+                result = None if self._stopping.is_set() else self._fn(arg)
+            except BaseException as exc:  # delivered to the waiter; the thread lives on
+                result, error = None, exc
             with self._lock:
-                self._finished.append((future, result))
+                self._finished.append((future, result, error))
                 first = len(self._finished) == 1
             if first:  # the loop has not been woken for this batch yet
                 try:
@@ -72,6 +79,10 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
     def _deliver(self) -> None:
         with self._lock:
             batch, self._finished = self._finished, []
-        for future, result in batch:
-            if not future.done():
+        for future, result, error in batch:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
                 future.set_result(result)

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from amqptasks.cli import cli
-from amqptasks.core.delays import delay_infrastructure, landing_queue
+from amqptasks.core.delays import delay_infrastructure, entry_exchange, landing_queue
 from amqptasks.errors import TaskError
 from tests.integration.test_worker import close_app, import_tasks
 from tests.integration.workerproc import WorkerProcess, running_worker, done_lines, drain, queue_counts, wait_for, write_app
@@ -30,6 +30,14 @@ def flaky(self, fail_times):
     if self.request.retries < fail_times:
         raise self.retry(exc=ConnectionError(f"attempt {self.request.retries} failed"), countdown=0.2)
     return f"ok after {self.request.retries} retries"
+
+@app.task(queue=QUEUE, bind=True, max_retries=3)
+def slow_flaky(self, seconds):
+    record(f"slow {self.request.retries} {self.request.redelivered}")
+    if self.request.retries < 1:
+        time.sleep(seconds)
+        raise self.retry(countdown=0.2)
+    return "done"
 
 @app.task(queue=QUEUE, max_retries=3, autoretry_for=(ConnectionError,), default_retry_delay=0.2)
 def doomed():
@@ -53,7 +61,7 @@ def make_tasks(directory: Path, queue: str, module: str) -> None:
 
 
 def started_at(directory: Path) -> dict[str, float]:
-    return {line.split()[0]: float(line.split()[1]) for line in done_lines(directory) if not line.startswith(("flaky", "doomed"))}
+    return {line.split()[0]: float(line.split()[1]) for line in done_lines(directory) if not line.startswith(("flaky", "doomed", "slow"))}
 
 
 def test_countdown_waits_in_the_broker_not_in_the_worker(workdir: tuple[Path, str], broker_url: str) -> None:
@@ -261,3 +269,23 @@ def test_delayed_sends_reach_topic_and_fanout_targets_classic_and_quorum(
     classic = drain(broker_url, f"{unique}.classic")
     assert sorted(body for _p, body in classic) == sorted([b'{"args":["via-topic"],"kwargs":{}}', b'{"args":["ad-hoc"],"kwargs":{}}'])
     assert [p.headers["task"] for p, _b in drain(broker_url, f"{unique}.quorum")] == [note.name]
+
+
+@pytest.mark.timeout(90)
+def test_a_channel_the_broker_closes_under_the_worker_is_replaced(
+    workdir: tuple[Path, str], broker_url: str, own_cascade: str, channel: pika.adapters.blocking_connection.BlockingChannel
+) -> None:
+    """A retry published to a delay exchange that has gone makes the broker close the worker's
+    confirm channel (404) while the connection stays up: the worker must start over (reconnect,
+    provision the cascade again, take the message back), neither idle nor drop it."""
+    directory, queue = workdir
+    make_tasks(directory, queue, "dl_chan")
+    with running_worker(directory, broker_url, "dl_chan", queue, "--loglevel", "warning") as worker:
+        tasks = import_tasks(directory, "dl_chan")
+        result = tasks.slow_flaky.delay(2)
+        assert wait_for(lambda: "slow 0 False" in done_lines(directory), 10), worker.log
+        channel.exchange_delete(entry_exchange(prefix=own_cascade))  # while the task sleeps
+        assert result.get(timeout=40) == "done"
+        close_app(tasks)
+        assert "slow 0 True" in done_lines(directory)  # taken back after the new session began
+        assert "connection or channel closed" in worker.log

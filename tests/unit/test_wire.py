@@ -63,3 +63,14 @@ def test_headers_pamqp_cannot_encode_become_text_and_are_named() -> None:
 def test_text_makes_any_property_value_a_shortstr() -> None:
     assert wire.text(None) is None and wire.text("x") == "x"
     assert wire.text(b"\xff") == "\ufffd" and wire.text(12) == "12"
+
+
+def test_long_replaced_text_still_fits_a_shortstr() -> None:
+    shown = wire.text(b"\xff" * 100)  # 100 replacement characters would be 300 bytes
+    assert shown is not None and len(shown.encode()) <= 255
+    encode.short_string(shown)
+    long_key = "k" * 300
+    kept = wire.encodable_headers({long_key: 1})
+    (key,) = kept
+    assert len(key.encode()) <= 255
+    encode.field_table(kept)
