@@ -49,6 +49,7 @@ def exec_worker(**options: Any) -> NoReturn:
     Same PID, signals and working directory; what the CLI had imported is gone (see
     ``amqptasks/worker/__main__.py`` for why).
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None when the process was started without them
+            stream.flush()
     os.execv(sys.executable, [sys.executable, "-m", "amqptasks.worker", json.dumps(options)])
