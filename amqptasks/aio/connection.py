@@ -7,6 +7,7 @@ import asyncio
 import aio_pika
 import aiormq.exceptions
 
+from amqptasks.aio import wire
 from amqptasks.errors import BrokerUnavailable
 from amqptasks.settings import Settings, find_tls_error
 
@@ -19,6 +20,9 @@ def _url_with_name(settings: Settings, name: str) -> str:
 
 async def aconnect(settings: Settings, name: str, *, robust: bool = False) -> aio_pika.abc.AbstractConnection:
     """An aio-pika connection (robust: reconnects and replays declarations), or BrokerUnavailable."""
+    # Every aio connection, worker or producer, decodes and encodes through the fixed pamqp:
+    # a bad frame must not close it, and a header such as {"delta": -1} must encode (aio/wire.py).
+    wire.install()
     factory = aio_pika.connect_robust if robust else aio_pika.connect
     address = settings.address
     try:

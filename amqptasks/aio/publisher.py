@@ -87,10 +87,8 @@ class AsyncProducer:
 
     @classmethod
     async def open(cls, settings: Settings, topology: Topology, name: str) -> AsyncProducer:
-        from amqptasks.aio import wire
         from amqptasks.aio.topology import aprovision
 
-        wire.install()  # e.g. a header {"delta": -1} must encode (pamqp 3.3 cannot without it)
         connection = await aconnect(settings, name)
         try:
             await aprovision(connection, topology)

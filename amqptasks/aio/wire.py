@@ -113,7 +113,7 @@ def encodable_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     kept: dict[str, Any] = {}
     rewritten: list[str] = []
     for name, value in headers.items():
-        key = _shortstr(name) if isinstance(name, str) else _shortstr(str(name))  # table keys are shortstrs
+        key = _shortstr(str(name))  # table keys are shortstrs too
         try:
             encode.encode_table_value(value)
         except (TypeError, ValueError, OverflowError, struct.error):

@@ -64,7 +64,6 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._targets = {queue: dead_letter_target(topology, queue) for queue in config.queues}
         self._consume: aiormq.abc.AbstractChannel | None = None
-        self._confirm: aiormq.abc.AbstractChannel | None = None
         self._acks: AckSender | None = None  # the current consume channel's
         self._copies: CopyPublisher | None = None  # dead letters and retries, confirmed
         self._replies: ReplyPublisher | None = None
@@ -108,7 +107,6 @@ class Consumer:
         """One connection's life: provision, consume, wait for stop or loss, drain on stop."""
         from amqptasks.aio.topology import aprovision
 
-        wire.install()  # before any frame is decoded: a bad one must not close the connection
         if self._replies is None:
             self._replies = ReplyPublisher(self.app.settings, f"amqptasks worker {self.app.main} {self.name}")
         connection = await aconnect(self.app.settings, f"amqptasks worker {self.app.main} {self.name} pid={os.getpid()}")
@@ -129,8 +127,7 @@ class Consumer:
             confirm_channel.close_callbacks.add(on_close)
             self._consume = await consume_channel.get_underlay_channel()
             self._acks = AckSender(self._consume, hold=max(1, self.config.prefetch // 2), recoverable=RECOVERABLE)
-            self._confirm = await confirm_channel.get_underlay_channel()
-            self._copies = CopyPublisher(self._confirm, self._targets, self.app.settings)
+            self._copies = CopyPublisher(await confirm_channel.get_underlay_channel(), self._targets, self.app.settings)
             # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
             await self._consume.basic_qos(prefetch_count=self.config.prefetch, global_=False)
             tags: dict[str, str] = {}
@@ -235,7 +232,7 @@ class Consumer:
             )
             prepared = prepare(self.app, message, redelivered=bool(delivery.delivery.redelivered), queue=queue)
         except PoisonMessage as poison:
-            await self._reject_poison(delivery, queue, poison)
+            await self._reject_poison(delivery, queue, poison, reply_to)
             return
         if self._stopping.is_set():
             await self._release(delivery)
@@ -307,10 +304,10 @@ class Consumer:
         await self._copy.dead_letter(delivery, queue, reason=reason)
         await self._ack(delivery)
 
-    async def _reject_poison(self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage) -> None:
-        props = delivery.header.properties
+    async def _reject_poison(
+        self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage, reply_to: str | None
+    ) -> None:
         log.warning("dead-lettering a message from %s: %s", queue, poison.reason)
-        reply_to = wire.text(props.reply_to)
         if reply_to and poison.task_id:
             await self._reply(reply_to, failure(poison.task_id, poison.kind, poison.reason))
         await self._copy.dead_letter(delivery, queue, reason=poison.reason)
@@ -325,7 +322,7 @@ class Consumer:
         await self._replies.publish(reply_to, body, to_pamqp(properties), outcome.task_id)
 
     def _end_session(self, delivery: aiormq.abc.DeliveredMessage, reason: str) -> None:
-        if delivery.channel is self._consume and self._lost is not None and not self._lost.done():
+        if not self._stale(delivery) and self._lost is not None and not self._lost.done():
             log.warning("%s; reconnecting (unacked messages return to the queue)", reason)
             self._lost.set_result(ConnectionError(reason))
 
@@ -345,12 +342,7 @@ class Consumer:
             self._end_session(delivery, f"could not dead-letter after an internal error: {_brief(again)}")
         except Exception as again:
             log.error("could not dead-letter it either (%s); rejecting it without requeue", _brief(again))
-            try:
-                await delivery.channel.basic_reject(delivery.delivery.delivery_tag, requeue=False)
-                if self._acks is not None and delivery.channel is self._acks.channel:
-                    self._acks.settled_on_wire(delivery.delivery.delivery_tag)
-            except RECOVERABLE:
-                pass
+            await self._reject(delivery, requeue=False)
 
     @property
     def _copy(self) -> CopyPublisher:
@@ -359,19 +351,22 @@ class Consumer:
 
     async def _ack(self, delivery: aiormq.abc.DeliveredMessage) -> None:
         """Settle ``delivery``: its ack goes out with the others finished in this loop turn."""
-        if self._acks is None or delivery.channel is not self._acks.channel:
+        if self._stale(delivery):
             # Its channel died under us: the broker redelivers this message (at-least-once).
             log.warning("ack lost (channel closed); the message will be redelivered")
             return
         self._acks.ack(delivery.delivery.delivery_tag)
 
     async def _release(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+        await self._reject(delivery, requeue=True)
+
+    async def _reject(self, delivery: aiormq.abc.DeliveredMessage, *, requeue: bool) -> None:
         try:
-            await delivery.channel.basic_reject(delivery.delivery.delivery_tag, requeue=True)
+            await delivery.channel.basic_reject(delivery.delivery.delivery_tag, requeue=requeue)
         except RECOVERABLE:
-            return
-        if self._acks is not None and delivery.channel is self._acks.channel:
-            self._acks.settled_on_wire(delivery.delivery.delivery_tag)
+            return  # the channel is gone: the broker requeues it anyway
+        if not self._stale(delivery):
+            self._acks.settled_on_wire(delivery.delivery.delivery_tag)  # type: ignore[union-attr]
 
 def _brief(exc: BaseException | None) -> str:
     if exc is None:
