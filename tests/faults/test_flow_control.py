@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 
@@ -139,96 +139,93 @@ def finish(
             assert seconds <= CONFIRM_TIMEOUT + 2.0, f"PublishTimeout after {seconds:.1f}s: {error}"
 
 
-@pytest.mark.timeout(150)
-def test_sync_producer_under_a_memory_alarm(
+@dataclass
+class FlowRun:
+    """One scenario's producer app, alarm and send log, with a worker consuming its queue."""
+
+    app: FaultApp
+    alarm: Alarm
+    sends: Sends
+    tasks: ModuleType
+    bound: float
+    started: float
+
+
+@pytest.fixture
+def flow(
     fault_broker: FaultBroker, fault_app: Callable[..., FaultApp], monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> Iterator[FlowRun]:
     monkeypatch.setenv("AMQPTASKS_CONFIRM_TIMEOUT", str(CONFIRM_TIMEOUT))
     app = fault_app()
     started = time.monotonic()
     worker = app.worker(processes=1)
     alarm = Alarm(fault_broker)
-    sends = Sends()
     tasks: ModuleType | None = None
     try:
         worker.wait_consuming(app.queue, timeout=60)
         tasks = app.import_tasks()
-        bound = send_bound(tasks.app.settings)
-        raiser = threading.Thread(target=alarm.raise_then_lower, args=(lambda: len(sends.confirmed) >= ALARM_AFTER,), daemon=True)
-        raiser.start()
+        yield FlowRun(app, alarm, Sends(), tasks, send_bound(tasks.app.settings), started)
+    finally:
+        alarm.lower()
+        if tasks is not None:
+            app.close(tasks)
+        stop_worker(worker, timeout=40)
+
+
+@pytest.mark.timeout(150)
+def test_sync_producer_under_a_memory_alarm(flow: FlowRun) -> None:
+    alarm, sends, tasks = flow.alarm, flow.sends, flow.tasks
+    raiser = threading.Thread(target=alarm.raise_then_lower, args=(lambda: len(sends.confirmed) >= ALARM_AFTER,), daemon=True)
+    raiser.start()
+    n = 0
+    while alarm.keep_sending(sends):
+        n += 1
+        task_id = f"flow-sync-{n:05d}"
+        began = time.monotonic()
+        try:
+            tasks.work.apply_async(args=(n,), task_id=task_id)
+        except BaseException as exc:  # sorted out by note(): AmqpTasksError or a bug
+            sends.note(task_id, began, exc)
+            if not isinstance(exc, AmqpTasksError):
+                break
+        else:
+            sends.note(task_id, began, None)
+        if alarm.raised_at and not alarm.lowered_at:
+            time.sleep(0.05)  # under the alarm: a steady trickle, not thousands of raises
+    raiser.join(timeout=60)
+    assert alarm.lowered_at, "the alarm was never raised or lowered"
+    finish("5 flow control (sync)", flow.app, sends, alarm, flow.started, flow.bound,
+           resend=lambda task_id: tasks.work.apply_async(args=(int(task_id.rsplit("-", 1)[1]),), task_id=task_id))  # fmt: skip
+
+
+@pytest.mark.timeout(150)
+def test_async_producer_under_a_memory_alarm(flow: FlowRun) -> None:
+    alarm, sends, tasks = flow.alarm, flow.sends, flow.tasks
+
+    async def produce() -> None:
+        raiser = asyncio.create_task(asyncio.to_thread(alarm.raise_then_lower, lambda: len(sends.confirmed) >= ALARM_AFTER))
         n = 0
         while alarm.keep_sending(sends):
             n += 1
-            task_id = f"flow-sync-{n:05d}"
+            task_id = f"flow-async-{n:05d}"
             began = time.monotonic()
             try:
-                tasks.work.apply_async(args=(n,), task_id=task_id)
-            except BaseException as exc:  # sorted out by note(): AmqpTasksError or a bug
+                # The test's own limit is far above the bound: a hang shows as a bound failure.
+                await asyncio.wait_for(tasks.work.aapply_async(args=(n,), task_id=task_id), timeout=flow.bound * 3)
+            except asyncio.TimeoutError as exc:
                 sends.note(task_id, began, exc)
-                if not isinstance(exc, AmqpTasksError):
-                    break
+                break
+            except AmqpTasksError as exc:
+                sends.note(task_id, began, exc)
             else:
                 sends.note(task_id, began, None)
             if alarm.raised_at and not alarm.lowered_at:
-                time.sleep(0.05)  # under the alarm: a steady trickle, not thousands of raises
-        raiser.join(timeout=60)
-        assert alarm.lowered_at, "the alarm was never raised or lowered"
-        module = tasks
-        finish("5 flow control (sync)", app, sends, alarm, started, bound,
-               resend=lambda task_id: module.work.apply_async(args=(int(task_id.rsplit("-", 1)[1]),), task_id=task_id))  # fmt: skip
-    finally:
-        alarm.lower()
-        if tasks is not None:
-            app.close(tasks)
-        stop_worker(worker, timeout=40)
+                await asyncio.sleep(0.05)
+        await raiser
+        for task_id in list(sends.raised):  # after the alarm: the caller's own re-send
+            await tasks.work.aapply_async(args=(int(task_id.rsplit("-", 1)[1]),), task_id=task_id)
+        await tasks.app.aclose()
 
-
-@pytest.mark.timeout(150)
-def test_async_producer_under_a_memory_alarm(
-    fault_broker: FaultBroker, fault_app: Callable[..., FaultApp], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AMQPTASKS_CONFIRM_TIMEOUT", str(CONFIRM_TIMEOUT))
-    app = fault_app()
-    started = time.monotonic()
-    worker = app.worker(processes=1)
-    alarm = Alarm(fault_broker)
-    sends = Sends()
-    tasks: ModuleType | None = None
-    try:
-        worker.wait_consuming(app.queue, timeout=60)
-        tasks = app.import_tasks()
-        module = tasks
-        bound = send_bound(tasks.app.settings)
-
-        async def produce() -> None:
-            raiser = asyncio.create_task(asyncio.to_thread(alarm.raise_then_lower, lambda: len(sends.confirmed) >= ALARM_AFTER))
-            n = 0
-            while alarm.keep_sending(sends):
-                n += 1
-                task_id = f"flow-async-{n:05d}"
-                began = time.monotonic()
-                try:
-                    # The test's own limit is far above the bound: a hang shows as a bound failure.
-                    await asyncio.wait_for(module.work.aapply_async(args=(n,), task_id=task_id), timeout=bound * 3)
-                except asyncio.TimeoutError as exc:
-                    sends.note(task_id, began, exc)
-                    break
-                except AmqpTasksError as exc:
-                    sends.note(task_id, began, exc)
-                else:
-                    sends.note(task_id, began, None)
-                if alarm.raised_at and not alarm.lowered_at:
-                    await asyncio.sleep(0.05)
-            await raiser
-            for task_id in list(sends.raised):  # after the alarm: the caller's own re-send
-                await module.work.aapply_async(args=(int(task_id.rsplit("-", 1)[1]),), task_id=task_id)
-            await module.app.aclose()
-
-        asyncio.run(produce())
-        assert alarm.lowered_at, "the alarm was never raised or lowered"
-        finish("5 flow control (async)", app, sends, alarm, started, bound, resend=lambda _task_id: None)
-    finally:
-        alarm.lower()
-        if tasks is not None:
-            app.close(tasks)
-        stop_worker(worker, timeout=40)
+    asyncio.run(produce())
+    assert alarm.lowered_at, "the alarm was never raised or lowered"
+    finish("5 flow control (async)", flow.app, sends, alarm, flow.started, flow.bound, resend=lambda _task_id: None)
