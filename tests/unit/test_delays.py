@@ -396,6 +396,18 @@ def test_decode_routing_key_rejects_other_keys() -> None:
 # --- the topology fragments -------------------------------------------------------------------
 
 
+
+def assert_level_queue(queue: Queue, level: int, *, ttl_ms: int) -> None:
+    """A level queue: durable quorum, holds for ``ttl_ms``, then dead-letters one level down
+    (or to delivery) at least once, keeping the routing key."""
+    assert queue.durable and queue.message_ttl_ms == ttl_ms
+    assert queue.dead_letter_exchange == (f"amqptasks.delay.{level - 1}" if level else DELIVERY_EXCHANGE)
+    assert queue.dead_letter_routing_key is None  # the hop keeps the routing key
+    args = queue.declare_arguments()
+    assert args["x-queue-type"] == "quorum"
+    assert args["x-dead-letter-strategy"] == "at-least-once" and args["x-overflow"] == "reject-publish"
+    assert "x-dead-letter-routing-key" not in args
+
 def test_infrastructure_entities() -> None:
     topology = delay_infrastructure(BIN_LEVELS, radix=BIN_RADIX)
     assert entry_exchange(BIN_LEVELS) == "amqptasks.delay.35"
@@ -404,14 +416,7 @@ def test_infrastructure_entities() -> None:
     assert set(topology.queues) == {f"amqptasks.delay.{k}" for k in range(BIN_LEVELS)}
     assert all(e.type == "topic" and e.durable and not e.auto_delete for e in topology.exchanges.values())
     for k in range(BIN_LEVELS):
-        queue = topology.queues[f"amqptasks.delay.{k}"]
-        assert queue.durable and queue.message_ttl_ms == 2**k
-        assert queue.dead_letter_exchange == (f"amqptasks.delay.{k - 1}" if k else DELIVERY_EXCHANGE)
-        assert queue.dead_letter_routing_key is None  # the hop keeps the routing key
-        args = queue.declare_arguments()
-        assert args["x-queue-type"] == "quorum"
-        assert args["x-dead-letter-strategy"] == "at-least-once" and args["x-overflow"] == "reject-publish"
-        assert "x-dead-letter-routing-key" not in args
+        assert_level_queue(topology.queues[f"amqptasks.delay.{k}"], k, ttl_ms=2**k)
     assert len(topology.bindings) == 2 * BIN_LEVELS
     exchange_bindings = [b for b in topology.bindings if b.destination_type == "exchange"]
     assert len(exchange_bindings) == BIN_LEVELS
@@ -432,14 +437,7 @@ def test_default_infrastructure_entities() -> None:
         for digit in range(1, 16):
             name = f"amqptasks.delay.{k}.{HEX_DIGITS[digit]}"
             assert delays.level_queue(k, digit=digit) == name
-            queue = topology.queues[name]
-            assert queue.durable and queue.message_ttl_ms == digit * 16**k
-            assert queue.dead_letter_exchange == (f"amqptasks.delay.{k - 1}" if k else DELIVERY_EXCHANGE)
-            assert queue.dead_letter_routing_key is None  # the hop keeps the routing key
-            args = queue.declare_arguments()
-            assert args["x-queue-type"] == "quorum"
-            assert args["x-dead-letter-strategy"] == "at-least-once" and args["x-overflow"] == "reject-publish"
-            assert "x-dead-letter-routing-key" not in args
+            assert_level_queue(topology.queues[name], k, ttl_ms=digit * 16**k)
     # per level: one binding per non-zero digit to its queue, one for 0 to the level below
     assert len(topology.bindings) == 16 * LEVELS == 144
     queue_bindings = [b for b in topology.bindings if b.destination_type == "queue"]
