@@ -106,3 +106,14 @@ def test_an_alert_pika_keeps_only_as_text_is_found() -> None:
     verify = find_tls_error(ConnectionError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: x (_ssl.c:1)"))
     assert isinstance(verify, ssl.SSLCertVerificationError)
     assert find_tls_error(ConnectionError("SSL is mentioned but no alert")) is None
+
+
+def test_a_handshake_the_broker_cut_short_is_a_tls_failure() -> None:
+    # TLS 1.3: a broker refusing our certificate may close the socket before its alert is read;
+    # pika then reports only an EOF (seen in tests/faults/test_tls.py as IncompatibleProtocolError).
+    text = "StreamLostError: (\"Stream connection lost: SSLEOFError(8, 'EOF occurred in violation of protocol (_ssl.c:2427)')\",)"
+    found = find_tls_error(ConnectionError(text))
+    assert isinstance(found, ssl.SSLEOFError)
+    message = BrokerAddress.parse(TLS_URL).tls_failed(found)
+    assert message.startswith("TLS handshake with the broker at localhost:5671 failed")
+    assert "AMQPTASKS_TLS_CERT_FILE" in message
