@@ -16,14 +16,14 @@ from amqptasks.exit_codes import EXIT_USAGE, explain
 
 
 def main(argv: list[str]) -> int:
-    """Run ``worker_main`` with the JSON options in ``argv[1]``; the process exit code."""
+    """Run ``worker_main`` with the JSON options in ``argv[1]``; an exit code if it fails to start."""
     from amqptasks.worker.command import worker_main
 
     if len(argv) != 2:
         print("usage: python -m amqptasks.worker OPTIONS_JSON (start workers with: amqptasks worker)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        return worker_main(**json.loads(argv[1]))
+        worker_main(json.loads(argv[1]))  # ends as the supervisor (exec)
     except AmqpTasksError as exc:
         lines, code = explain(exc)
         print("\n".join(lines), file=sys.stderr)

@@ -76,7 +76,8 @@ def _short(frame: str) -> str:
 
 
 LIBRARIES = ("amqptasks/", "aiormq/", "aio_pika/", "pamqp/", "pika/", "bench_amqptasks")
-SPINE = ("amqptasks/cli.py", "amqptasks/__main__.py", "amqptasks/worker/command.py", "amqptasks/worker/supervisor.py")
+SPINE = ("amqptasks/cli.py", "amqptasks/__main__.py", "amqptasks/worker/command.py", "amqptasks/worker/boot.py",
+         "amqptasks/worker/supervisor.py")
 
 
 def summarize(path: Path, top: int = 15) -> str:

@@ -272,6 +272,30 @@ def test_a_crashed_consumer_process_is_restarted(workdir: tuple[Path, str], brok
     assert worker.exit_code == 0
 
 
+@pytest.mark.timeout(60)
+def test_a_replacement_that_cannot_load_the_app_backs_off_until_it_can(workdir: tuple[Path, str], broker_url: str) -> None:
+    """Replacements are forked from the small supervisor and import the app themselves."""
+    directory, queue = workdir
+    module = make_tasks(directory, queue, "wk_broken")
+    good = module.read_text()
+    with running_worker(directory, broker_url, "wk_broken", queue, "--loglevel", "info") as worker:
+        module.write_text("raise RuntimeError('tasks module broken on purpose')\n")
+        for cached in directory.glob("__pycache__/wk_broken*"):
+            cached.unlink()
+        child = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()[0]
+        os.kill(int(child), signal.SIGKILL)
+        # The first replacement fails to import; the next ones wait longer each time.
+        assert wait_for(lambda: "tasks module broken on purpose" in worker.log, 15), worker.log
+        assert wait_for(lambda: "restarting it in " in worker.log, 15), worker.log
+        assert worker.process.poll() is None, worker.log
+        module.write_text(good)
+        worker.wait_consuming(queue)
+        tasks = import_tasks(directory, "wk_broken")
+        assert tasks.add.delay(1, 2).get(timeout=20) == 3
+        close_app(tasks)
+    assert worker.exit_code == 0
+
+
 @pytest.mark.timeout(90)
 def test_worker_consumes_again_after_the_broker_cancels_its_consumer(
     workdir: tuple[Path, str], broker_url: str, channel: Any
