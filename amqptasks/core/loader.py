@@ -9,7 +9,6 @@ which ``safe_load`` silently collapses to the last one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from amqptasks.core.durations import parse_duration
+from amqptasks.core.merge import FileMerger
 from amqptasks.core.topology import Binding, Exchange, Origin, Queue, Route, Topology
 from amqptasks.core.validate import SourceMap, describe, is_int, suggest, validate
 from amqptasks.errors import TopologyError, TopologyIssue
@@ -320,50 +320,6 @@ class _FileReader:
         self.routes.append(Route(pattern=pattern, origin=self.here(key_node), **kwargs))
 
 
-def _differing(a: object, b: object) -> str:
-    differing = (f.name for f in fields(a) if f.compare and getattr(a, f.name) != getattr(b, f.name))  # type: ignore[arg-type]
-    return ", ".join(differing)
-
-
-class _Merger:
-    """Merges files: identical definitions collapse, differing ones are issues naming both places."""
-
-    def __init__(self, issues: list[TopologyIssue]) -> None:
-        self.issues = issues
-        self.exchanges: dict[str, Exchange] = {}
-        self.queues: dict[str, Queue] = {}
-        self.routes: dict[str, Route] = {}
-        self.bindings: dict[tuple[Any, ...], Binding] = {}
-        self.binding_paths: dict[tuple[Any, ...], str] = {}
-
-    def add(self, kind: str, table: dict[str, Any], key: str, entity: Any) -> None:
-        first = table.get(key)
-        if first is None:
-            table[key] = entity
-        elif first != entity and first.origin.file != entity.origin.file:
-            # Within one file the reader has already reported the duplicate key.
-            origin = entity.origin
-            self.issues.append(TopologyIssue(
-                origin.file, origin.line, f"{kind}s.{key}",
-                f'{kind} "{key}" is defined differently here and at {first.origin} '
-                f"(differs in: {_differing(first, entity)}): make the definitions identical or keep only one"))
-
-    def add_file(self, reader: _FileReader) -> None:
-        for exchange in reader.exchanges:
-            self.add("exchange", self.exchanges, exchange.name, exchange)
-        for queue in reader.queues:
-            self.add("queue", self.queues, queue.name, queue)
-        for route in reader.routes:
-            self.add("route", self.routes, route.pattern, route)
-        for binding, path in reader.bindings:
-            # Bindings from several files add up: they are separate broker entities.
-            self.bindings.setdefault(binding.key, binding)
-            self.binding_paths.setdefault(binding.key, path)
-
-    def topology(self) -> Topology:
-        return Topology(self.exchanges, self.queues, tuple(self.bindings.values()), tuple(self.routes.values()))
-
-
 def _expand(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     items = [paths] if isinstance(paths, str | Path) else list(paths)
     result: list[Path] = []
@@ -384,7 +340,7 @@ def load_documents(documents: Sequence[tuple[str, str]]) -> Topology:
     """
     issues: list[TopologyIssue] = []
     origins: dict[str, Origin] = {}
-    merger = _Merger(issues)
+    merger = FileMerger(issues)
     parse_failed = False
     for filename, text in documents:
         reader = _FileReader(filename, issues, origins)

@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from amqptasks.core import envelope
-from amqptasks.core.delays import due_ms, expires_ms_for
+from amqptasks.core.schedule import due_ms, expires_ms_for
 from amqptasks.errors import ConfigurationError
 
 MAX_SHORTSTR = 255  # AMQP short strings (names, routing keys) are at most 255 bytes

@@ -20,15 +20,13 @@ from amqptasks.core.delays import (
     RADIX,
     decode_routing_key,
     delay_infrastructure,
-    delay_ms_for,
     delay_routing_key,
     destination_id,
-    due_ms,
     entry_exchange,
-    expires_ms_for,
     landing_for,
     max_delay_ms,
 )
+from amqptasks.core.schedule import delay_ms_for, due_ms, expires_ms_for
 from amqptasks.core.topology import (
     Binding,
     Exchange,
