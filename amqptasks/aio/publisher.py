@@ -44,18 +44,11 @@ class _Lost(Exception):
 
 def aiormq_properties(p: Properties, timestamp: datetime | None = None) -> spec.Basic.Properties:
     """aiormq properties for ``p``; pamqp encodes timestamps from datetimes only."""
+    fields = p.client_fields()
     if timestamp is None and p.timestamp is not None:
         timestamp = datetime.fromtimestamp(p.timestamp, tz=timezone.utc)
-    return spec.Basic.Properties(
-        content_type=p.content_type,
-        delivery_mode=p.delivery_mode,
-        headers=p.headers if type(p.headers) is dict else dict(p.headers),
-        message_id=p.message_id,
-        correlation_id=p.correlation_id,
-        reply_to=p.reply_to,
-        priority=p.priority,
-        timestamp=timestamp,
-    )
+    fields["timestamp"] = timestamp
+    return spec.Basic.Properties(**fields)
 
 
 class AsyncProducer:

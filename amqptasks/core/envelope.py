@@ -73,6 +73,21 @@ class Properties:
     priority: int | None = None
     timestamp: int | None = None  # epoch seconds
 
+    def client_fields(self) -> dict[str, Any]:
+        """Keyword arguments for a client's properties class (pika's and pamqp's share the names);
+        headers as a plain dict, which both clients' table encoders require."""
+        headers = self.headers
+        return {
+            "content_type": self.content_type,
+            "delivery_mode": self.delivery_mode,
+            "headers": headers if type(headers) is dict else dict(headers),
+            "message_id": self.message_id,
+            "correlation_id": self.correlation_id,
+            "reply_to": self.reply_to,
+            "priority": self.priority,
+            "timestamp": self.timestamp,
+        }
+
 
 @dataclass(frozen=True)
 class TaskMessage:

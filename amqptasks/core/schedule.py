@@ -73,16 +73,9 @@ def delay_ms_for(
     return delay
 
 
-def due_ms(
-    *,
-    now_ms: int,
-    countdown: float | None = None,
-    eta: datetime | None = None,
-    levels: int = LEVELS,
-    radix: int = RADIX,
-) -> int | None:
+def due_ms(*, now_ms: int, countdown: float | None = None, eta: datetime | None = None) -> int | None:
     """Epoch ms when the task is due (the ``eta`` header): ``now_ms + delay_ms_for(...)``, or None."""
-    delay = delay_ms_for(now_ms=now_ms, countdown=countdown, eta=eta, levels=levels, radix=radix)
+    delay = delay_ms_for(now_ms=now_ms, countdown=countdown, eta=eta)
     return None if delay is None else now_ms + delay
 
 

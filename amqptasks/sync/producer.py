@@ -76,16 +76,7 @@ def _write_messages_whole(connection: pika.BlockingConnection) -> None:
 
 
 def pika_properties(p: Properties) -> pika.BasicProperties:
-    return pika.BasicProperties(
-        content_type=p.content_type,
-        delivery_mode=p.delivery_mode,
-        headers=p.headers if type(p.headers) is dict else dict(p.headers),
-        message_id=p.message_id,
-        correlation_id=p.correlation_id,
-        reply_to=p.reply_to,
-        priority=p.priority,
-        timestamp=p.timestamp,
-    )
+    return pika.BasicProperties(**p.client_fields())
 
 
 class Producer(SharedConnection):
