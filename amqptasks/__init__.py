@@ -85,6 +85,13 @@ def __getattr__(name: str) -> Any:
         from amqptasks import task as home
     elif name in __all__:
         from amqptasks import errors as home
+    elif name in ("app", "core", "errors", "result", "settings", "task"):
+        # Submodules that `import amqptasks` used to load as a side effect: still reachable so.
+        import amqptasks.app
+        import amqptasks.result
+        import amqptasks.task  # noqa: F401  (with app: core, errors and settings)
+
+        return globals()[name]
     else:
         raise AttributeError(f"module 'amqptasks' has no attribute {name!r}")
     value = getattr(home, name)

@@ -37,6 +37,7 @@ STOP_SIGNAL = signal.SIGUSR1  # supervisor -> consumer process: stop gracefully
 GROUP_SIGNALS = {signal.SIGINT, signal.SIGTERM}  # the supervisor's to interpret
 PR_SET_PDEATHSIG = 1
 QUICK_EXIT = 5.0  # a consumer dying sooner than this after its start backs off before the next
+BURST_GIVE_UP = 5  # quick exits in a row after which a --burst worker stops instead of retrying
 MAX_BACKOFF = 30.0
 
 
@@ -56,6 +57,9 @@ def fork_consumer(run: Callable[[], int]) -> int:
     the group signals before it lets them in, and unblocks STOP_SIGNAL once it can handle it.
     """
     parent = os.getpid()
+    for stream in (sys.stdout, sys.stderr):  # or the child writes its copy of what is buffered too
+        if stream is not None:
+            stream.flush()
     pid = os.fork()
     if pid:
         return pid
@@ -97,27 +101,38 @@ def _die_with(parent: int) -> None:
 class Supervisor:
     """Keeps the consumer processes ``pids`` (index -> PID) running until told to stop.
 
-    ``restart(index)`` forks a replacement for consumer ``index`` and returns its PID.
+    ``restart(index)`` forks a replacement for consumer ``index`` and returns its PID. Signals are
+    taken synchronously (they stay blocked; the loop collects them with ``sigtimedwait``), so a
+    stop never lands halfway through a restart and a replacement is never forked with a handler
+    of ours installed.
     """
 
-    def __init__(self, pids: dict[int, int], restart: Callable[[int], int], *, grace: float, burst: bool) -> None:
+    def __init__(
+        self, pids: dict[int, int], restart: Callable[[int], int], *, grace: float, burst: bool, backoff: float = 0.25
+    ) -> None:
         self.pids = dict(pids)
+        self.backoff = backoff  # the first pause after a quick exit is twice this; it doubles up to MAX_BACKOFF
         self.restart = restart
         self.grace = grace
         self.burst = burst
         self.stopping = False
+        self.failed = False
         self.signals = 0
-        self.started: dict[int, float] = {}
-        self.backoff: dict[int, float] = {}
+        now = time.monotonic()
+        self.started = dict.fromkeys(self.pids, now)
+        self.quick_exits: dict[int, int] = {}  # index -> exits in a row, each within QUICK_EXIT of its start
         self.due: dict[int, float] = {}  # index -> when its restart is due
 
-    def _on_signal(self, signum: int, _frame: object) -> None:
+    def _on_signal(self, signum: int) -> None:
         self.signals += 1
         if self.signals > 1:
             log.warning("second signal: killing worker processes now; unacked messages return to the queue")
             self._send_all(signal.SIGKILL)
             os._exit(1)
         log.info("%s received: stopping gracefully (up to %ss); send again to exit at once", signal.Signals(signum).name, self.grace)
+        self._stop()
+
+    def _stop(self) -> None:
         self.stopping = True
         self.due.clear()
         self._send_all(STOP_SIGNAL)
@@ -131,48 +146,57 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until every consumer has exited after a stop (or drained, in burst); exit code."""
-        for signum in GROUP_SIGNALS:
-            signal.signal(signum, self._on_signal)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)  # delivers any that came during start-up
-        now = time.monotonic()
-        self.started = dict.fromkeys(self.pids, now)
-        failed = False
+        signal.pthread_sigmask(signal.SIG_BLOCK, GROUP_SIGNALS)  # blocked since start-up; stays so
         by_pid = {pid: index for index, pid in self.pids.items()}
         while self.pids or self.due:
-            time.sleep(0.2)
-            while True:
-                try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid == 0:
-                    break
+            received = signal.sigtimedwait(GROUP_SIGNALS, 0.2)
+            if received is not None:
+                self._on_signal(received.si_signo)
+            for pid, code in _reap():
                 index = by_pid.pop(pid, None)
                 if index is None:
                     continue
                 del self.pids[index]
-                code = os.waitstatus_to_exitcode(status)
                 if self.stopping or (self.burst and code == 0):
-                    failed |= code != 0
+                    self.failed |= code != 0
                     continue
                 self._schedule_restart(index, code)
             for index, when in list(self.due.items()):
-                if time.monotonic() >= when and not self.stopping:
+                if time.monotonic() >= when:
                     del self.due[index]
                     pid = self.restart(index)
                     self.pids[index], by_pid[pid] = pid, index
                     self.started[index] = time.monotonic()
-        return 1 if failed else 0
+        return 1 if self.failed else 0
 
     def _schedule_restart(self, index: int, code: int) -> None:
         lived = time.monotonic() - self.started.get(index, 0.0)
-        wait = min(max(self.backoff.get(index, 0.25) * 2, 0.5), MAX_BACKOFF) if lived < QUICK_EXIT else 0.0
-        self.backoff[index] = wait
+        quick = self.quick_exits[index] = self.quick_exits.get(index, 0) + 1 if lived < QUICK_EXIT else 0
+        if self.burst and quick >= BURST_GIVE_UP:
+            # A burst run (cron, CI) must end: a consumer that cannot even start will not drain.
+            log.error("Worker-%d exited %d times in a row right after its start (exit code %s); giving up", index, quick, code)
+            self.failed = True
+            self._stop()
+            return
+        wait = min(self.backoff * 2**quick, MAX_BACKOFF) if quick else 0.0
         log.error(
             "Worker-%d exited unexpectedly (exit code %s); restarting it%s",
             index, code, f" in {wait:.1f}s (it exited {lived:.1f}s after its start)" if wait else "",
         )  # fmt: skip
         self.due[index] = time.monotonic() + wait
+
+
+def _reap() -> list[tuple[int, int]]:
+    """(pid, exit code) of every child that has exited; a signal's death is its negative number."""
+    exited: list[tuple[int, int]] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return exited
+        if pid == 0:
+            return exited
+        exited.append((pid, os.waitstatus_to_exitcode(status)))
 
 
 def main(argv: list[str]) -> int:

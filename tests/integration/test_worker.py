@@ -284,9 +284,9 @@ def test_a_replacement_that_cannot_load_the_app_backs_off_until_it_can(workdir: 
             cached.unlink()
         child = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()[0]
         os.kill(int(child), signal.SIGKILL)
-        # The first replacement fails to import; the next ones wait longer each time.
+        # The first replacement fails to import (exit code 1); the next ones wait longer each time.
         assert wait_for(lambda: "tasks module broken on purpose" in worker.log, 15), worker.log
-        assert wait_for(lambda: "restarting it in " in worker.log, 15), worker.log
+        assert wait_for(lambda: "(exit code 1); restarting it in 1.0s" in worker.log, 15), worker.log
         assert worker.process.poll() is None, worker.log
         module.write_text(good)
         worker.wait_consuming(queue)
