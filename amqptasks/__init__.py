@@ -88,8 +88,11 @@ def __getattr__(name: str) -> Any:
     elif name in ("app", "core", "errors", "result", "settings", "task"):
         # Submodules that `import amqptasks` used to load as a side effect: still reachable so.
         import amqptasks.app
+        import amqptasks.core
+        import amqptasks.errors
         import amqptasks.result
-        import amqptasks.task  # noqa: F401  (with app: core, errors and settings)
+        import amqptasks.settings
+        import amqptasks.task  # noqa: F401
 
         return globals()[name]
     else:

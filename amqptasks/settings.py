@@ -115,10 +115,11 @@ def find_tls_error(exc: BaseException) -> ssl.SSLError | None:
         if found := _SSL_TEXT.search(text):
             kind = ssl.SSLCertVerificationError if found.group(1) == "CERTIFICATE_VERIFY_FAILED" else ssl.SSLError
             return kind(1, found.group(2).strip())
+    for text in texts:
         # With TLS 1.3 the broker may refuse our certificate by closing the socket before its alert
         # is read: pika then reports only an EOF inside the (TLS) stream.
         if "SSLEOFError" in text or "EOF occurred in violation of protocol" in text:
-            return ssl.SSLEOFError(8, "the broker closed the connection during the TLS handshake")
+            return ssl.SSLEOFError(8, "the broker closed the connection during or just after the TLS handshake")
     return None
 
 

@@ -66,9 +66,9 @@ Everything here is pure (no pika/aio-pika, no I/O). What the adapters must do:
 * Declare ``delay_infrastructure()`` once, and ``landing_for(exchange, routing_key)`` for a
   destination before its first delayed publish (declaring again is a no-op; cache per process).
 * Publish to ``entry_exchange()`` with routing key ``delay_routing_key(delay_ms, exchange,
-  routing_key)``, persistent, confirmed, ``mandatory=True``; put ``due_ms(...)`` in the ``eta``
+  routing_key)``, persistent, confirmed, ``mandatory=True``; put ``schedule.due_ms(...)`` in the ``eta``
   header. ``mandatory`` only proves the message entered the cascade: the last hop is a
-  dead-letter, which no publisher sees (hence quorum landings). When ``delay_ms_for`` gives None
+  dead-letter, which no publisher sees (hence quorum landings). When ``schedule.delay_ms_for`` gives None
   or 0, publish straight to the target instead, where ``mandatory`` checks the real route.
 * Never set the AMQP ``expiration`` property on a delayed message: a per-message TTL shorter than
   a level's would deliver it early. Task expiry is the ``expires`` header.
@@ -110,7 +110,6 @@ def levels_for(radix: int, range_ms: int = RANGE_MS) -> int:
 
 
 LEVELS = levels_for(RADIX)  # 36 in radix 2, 9 in radix 16
-
 
 
 # --- names ------------------------------------------------------------------------------------

@@ -133,6 +133,8 @@ class Supervisor:
         self._stop()
 
     def _stop(self) -> None:
+        if self.stopping:  # a consumer reads a second STOP_SIGNAL as "exit now"
+            return
         self.stopping = True
         self.due.clear()
         self._send_all(STOP_SIGNAL)

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from amqptasks.worker.supervisor import BURST_GIVE_UP, GROUP_SIGNALS, Supervisor, fork_consumer
+from amqptasks.worker.supervisor import BURST_GIVE_UP, GROUP_SIGNALS, STOP_SIGNAL, Supervisor, fork_consumer
 
 
 @pytest.fixture
@@ -25,6 +26,20 @@ def signals_held() -> object:
 
 def exiting(code: int) -> int:
     return fork_consumer(lambda: code)
+
+
+def recording(restarts: list[int], *, exiting_with: int) -> Callable[[int], int]:
+    def restart(index: int) -> int:
+        restarts.append(index)
+        return exiting(exiting_with)
+
+    return restart
+
+
+def until_stopped() -> int:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {STOP_SIGNAL})  # default action: terminate
+    time.sleep(10)
+    return 0
 
 
 @pytest.mark.timeout(20)
@@ -45,7 +60,7 @@ def test_a_burst_worker_gives_up_on_a_consumer_that_cannot_start() -> None:
 @pytest.mark.usefixtures("signals_held")
 def test_a_stop_while_a_restart_waits_ends_the_supervisor_without_restarting() -> None:
     restarts: list[int] = []
-    supervisor = Supervisor({1: exiting(1)}, lambda i: restarts.append(i) or exiting(0), grace=1, burst=False, backoff=1.0)
+    supervisor = Supervisor({1: exiting(1)}, recording(restarts, exiting_with=0), grace=1, burst=False, backoff=1.0)
     main = threading.get_ident()
     # Thread-directed at the main thread, where it is blocked: the supervisor's loop takes it.
     threading.Timer(0.6, lambda: signal.pthread_kill(main, signal.SIGTERM)).start()
@@ -57,9 +72,25 @@ def test_a_stop_while_a_restart_waits_ends_the_supervisor_without_restarting() -
 
 @pytest.mark.timeout(20)
 @pytest.mark.usefixtures("signals_held")
+def test_a_stop_that_lands_during_a_restart_reaches_the_replacement() -> None:
+    main = threading.get_ident()
+
+    def restart(_index: int) -> int:
+        signal.pthread_kill(main, signal.SIGTERM)  # arrives while the replacement is being forked
+        return fork_consumer(until_stopped)
+
+    supervisor = Supervisor({1: exiting(1)}, restart, grace=1, burst=False, backoff=0.0)
+    supervisor.started[1] = time.monotonic() - 60  # ran a while: restarted at once
+    started = time.monotonic()
+    supervisor.run()
+    assert time.monotonic() - started < 5  # the replacement got the stop (it would sleep 10 s)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.usefixtures("signals_held")
 def test_a_consumer_that_ran_a_while_is_restarted_at_once_and_a_clean_burst_exit_is_not() -> None:
     restarts: list[int] = []
-    supervisor = Supervisor({1: exiting(3), 2: exiting(0)}, lambda i: restarts.append(i) or exiting(0), grace=1, burst=True)
+    supervisor = Supervisor({1: exiting(3), 2: exiting(0)}, recording(restarts, exiting_with=0), grace=1, burst=True)
     supervisor.started = dict.fromkeys(supervisor.pids, time.monotonic() - 60)  # long-lived before they exit
     assert supervisor.run() == 0
     assert restarts == [1]  # exit code 3: restarted without a pause; worker 2 drained (exit 0): done
