@@ -203,9 +203,15 @@ def _reap() -> list[tuple[int, int]]:
 
 def main(argv: list[str]) -> int:
     """``python -m amqptasks.worker.supervisor STATE_JSON``, exec'd by start-up (worker/boot.py)."""
-    state: dict[str, Any] = json.loads(argv[1])
-    configure_logging(state["loglevel"], "MainProcess")  # a number: boot.py checked the name
-    options = state["options"]
+    try:
+        state: dict[str, Any] = json.loads(argv[1])
+        pids = {int(index): int(pid) for index, pid in state["pids"].items()}
+        options = state["options"]
+        grace, burst, level = float(options["grace"]), bool(options["burst"]), int(state["loglevel"])
+    except (IndexError, ValueError, KeyError, TypeError, AttributeError):
+        print("amqptasks.worker.supervisor is started by `amqptasks worker`, not by hand", file=sys.stderr)
+        return 2
+    configure_logging(level, "MainProcess")
 
     def restart(index: int) -> int:
         def run() -> int:
@@ -215,8 +221,7 @@ def main(argv: list[str]) -> int:
 
         return fork_consumer(run)
 
-    pids = {int(index): pid for index, pid in state["pids"].items()}
-    return Supervisor(pids, restart, grace=options["grace"], burst=options["burst"]).run()
+    return Supervisor(pids, restart, grace=grace, burst=burst).run()
 
 
 if __name__ == "__main__":

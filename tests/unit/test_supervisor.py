@@ -105,3 +105,8 @@ def test_output_buffered_before_a_fork_is_written_once() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True, env=env).stdout
     assert out.count("written once") == 1, out
+
+
+def test_started_by_hand_it_says_what_starts_it() -> None:
+    done = subprocess.run([sys.executable, "-m", "amqptasks.worker.supervisor", "{}"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "started by `amqptasks worker`" in done.stderr, done
