@@ -145,6 +145,17 @@ def publish_taskiq(count: int, prefill: bool) -> float:
     return atimed(count, prefill, setup, m.broker.shutdown)
 
 
+# raw_*_same: the raw clients sending what amqptasks sends for noop.delay() (docs/protocol.md), so a
+# ratio against them measures the client, and the ratio against the minimal `{}` adds the message.
+SAME_MESSAGE = os.environ.get("BENCH_SAME_MESSAGE") == "1"
+
+
+def ours_message() -> tuple[bytes, dict[str, Any]]:
+    task_id = str(uuid.uuid4())
+    headers = {"amqptasks": 1, "task": "bench_amqptasks.noop", "id": task_id}
+    return b'{"args":[],"kwargs":{}}', {"message_id": task_id, "timestamp": int(time.time()), "headers": headers}
+
+
 def publish_raw_pika(count: int, prefill: bool) -> float:
     import pika
 
@@ -154,7 +165,13 @@ def publish_raw_pika(count: int, prefill: bool) -> float:
     if not prefill:
         channel.confirm_delivery()
     props = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-    send = repeat(lambda: channel.basic_publish("", QUEUE, b"{}", props, mandatory=True))
+
+    def ours() -> None:  # raw_pika_same: the message noop.delay() sends, built by hand
+        body, fields = ours_message()
+        channel.basic_publish("", QUEUE, body, pika.BasicProperties(delivery_mode=2, content_type="application/json", **fields),
+                              mandatory=True)
+
+    send = repeat(ours if SAME_MESSAGE else lambda: channel.basic_publish("", QUEUE, b"{}", props, mandatory=True))
     try:
         return _plain(count, send) if prefill else timed(count, send)
     finally:
@@ -173,7 +190,9 @@ def publish_raw_aiopika(count: int, prefill: bool) -> float:
         exchange = channel.default_exchange
 
         def one() -> Awaitable[Any]:
-            message = aio_pika.Message(b"{}", delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json")
+            body, fields = ours_message() if SAME_MESSAGE else (b"{}", {})
+            message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json",
+                                       **fields)
             return exchange.publish(message, QUEUE, mandatory=True)
 
         return lambda n: windowed(n, one)
@@ -193,6 +212,7 @@ def publish(system: str, count: int, prefill: bool) -> dict[str, Any]:
             "dramatiq": publish_dramatiq, "dramatiq_confirm": publish_dramatiq,
             "faststream": publish_faststream, "taskiq": publish_taskiq,
             "raw_pika": publish_raw_pika, "raw_aiopika": publish_raw_aiopika,
+            "raw_pika_same": publish_raw_pika, "raw_aiopika_same": publish_raw_aiopika,
         }[system](count, prefill)
     return {"seconds": seconds, "rate": count / seconds}
 

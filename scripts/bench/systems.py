@@ -69,6 +69,7 @@ def worker_command(family: str, queue: str, processes: int, rpc: bool = False) -
 
 
 CONFIRM = {"confirm": True}
+SAME_MESSAGE = {"same_message": True}
 
 PUBLISH = [
     System("at_sync", "amqptasks delay()", "amqptasks", "sync, one by one, confirm each"),
@@ -83,6 +84,10 @@ PUBLISH = [
     System("taskiq", "Taskiq kiq()", "taskiq", "default confirms on, 256 in flight", vs="at_async"),
     System("raw_pika", "raw pika", "raw_pika", "BlockingConnection, confirm each", vs="at_sync"),
     System("raw_aiopika", "raw aio-pika", "raw_aiopika", "256 confirms in flight", vs="at_async"),
+    System("raw_pika_same", "raw pika, our message", "raw_pika", "as raw pika, sending the message delay() sends",
+           vs="at_sync", env=SAME_MESSAGE),
+    System("raw_aiopika_same", "raw aio-pika, our message", "raw_aiopika", "as raw aio-pika, sending the message adelay() sends",
+           vs="at_async", env=SAME_MESSAGE),
 ]
 
 DRAIN = [
