@@ -31,13 +31,7 @@ if TYPE_CHECKING:
         UnknownTask,
         UnroutableError,
     )
-    from amqptasks.result import (
-        FAILURE,
-        PENDING,
-        SUCCESS,
-        AsyncResult,
-        ResultUnavailable,
-    )
+    from amqptasks.result import FAILURE, PENDING, SUCCESS, AsyncResult, ResultUnavailable
     from amqptasks.settings import Settings
     from amqptasks.task import Signature, Task
 

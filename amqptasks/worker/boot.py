@@ -24,12 +24,7 @@ from amqptasks.errors import ConfigurationError
 from amqptasks.worker.banner import banner
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.consumer import Consumer
-from amqptasks.worker.supervisor import (
-    STOP_SIGNAL,
-    block_signals,
-    configure_logging,
-    fork_consumer,
-)
+from amqptasks.worker.supervisor import STOP_SIGNAL, block_signals, configure_logging, fork_consumer
 
 if TYPE_CHECKING:
     from amqptasks.app import App
