@@ -261,9 +261,9 @@ def test_a_crashed_consumer_process_is_restarted(workdir: tuple[Path, str], brok
     directory, queue = workdir
     make_tasks(directory, queue, "wk_crash")
     with running_worker(directory, broker_url, "wk_crash", queue) as worker:
-        children = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()
+        children = worker.consumer_pids()
         assert len(children) == 1
-        os.kill(int(children[0]), signal.SIGKILL)
+        os.kill(children[0], signal.SIGKILL)
         assert wait_for(lambda: "exited unexpectedly" in worker.log, 10), worker.log
         worker.wait_consuming(queue)
         tasks = import_tasks(directory, "wk_crash")
@@ -282,8 +282,7 @@ def test_a_replacement_that_cannot_load_the_app_backs_off_until_it_can(workdir: 
         module.write_text("raise RuntimeError('tasks module broken on purpose')\n")
         for cached in directory.glob("__pycache__/wk_broken*"):
             cached.unlink()
-        child = Path(f"/proc/{worker.process.pid}/task/{worker.process.pid}/children").read_text().split()[0]
-        os.kill(int(child), signal.SIGKILL)
+        os.kill(worker.consumer_pids()[0], signal.SIGKILL)
         # The first replacement fails to import (exit code 1); the next ones wait longer each time.
         assert wait_for(lambda: "tasks module broken on purpose" in worker.log, 15), worker.log
         assert wait_for(lambda: "(exit code 1); restarting it in 1.0s" in worker.log, 15), worker.log

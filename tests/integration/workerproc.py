@@ -72,6 +72,11 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def consumer_pids(self) -> list[int]:
+        """The supervisor's children: its consumer processes."""
+        pid = self.process.pid
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
     def wait_consuming(self, queue: str, processes: int = 1, timeout: float = 20) -> None:
         """Wait until the broker shows ``processes`` consumers on ``queue`` (whatever the log level)."""
         deadline = time.monotonic() + timeout
