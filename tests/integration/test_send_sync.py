@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pika
 import pytest
 
@@ -274,6 +275,52 @@ def test_send_many_reports_the_unroutable_one_and_sends_the_rest(app: App, uniqu
     with pytest.raises(UnroutableError, match=f"{unique}.missing"):
         app.send_many(sigs)
     assert wait_count(channel, f"{unique}.plain", 2) == 2
+
+
+def test_messages_larger_than_the_socket_takes_at_once_arrive_whole(app: App, unique: str, channel: Any) -> None:
+    """A write the socket takes only in part hands the rest to pika's writer, in order."""
+
+    @app.task(name=f"{unique}.echo", queue=f"{unique}.plain", ignore_result=True)
+    def echo(text: str) -> str:
+        return text
+
+    echo.delay("before")  # opens the producer
+    assert app._sync is not None
+    (producer,) = app._sync._state.all
+    sock = producer.connection._impl._transport._sock
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # so that writes are taken in part
+    texts = [f"{i:02d}" + chr(ord("a") + i) * 1_500_000 for i in range(6)]  # 9 MB in one send_many
+    app.send_many([echo.s(text) for text in texts])
+    echo.delay("after")  # the single-send path still works after a partial write
+    assert wait_count(channel, f"{unique}.plain", 8, timeout=20) == 8
+    bodies = [orjson.loads(get_one(channel, f"{unique}.plain")[1])["args"][0] for _ in range(8)]
+    assert bodies == ["before", *texts, "after"]
+
+
+def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str) -> None:
+    """Guards the fast path of a single send (sync/direct.py): a pika upgrade must not turn it off unnoticed."""
+
+    @app.task(name=f"{unique}.add", queue=f"{unique}.plain", ignore_result=True)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    add.delay(1, 1)
+    assert app._sync is not None
+    (producer,) = app._sync._state.all
+    direct = producer._direct
+    assert direct._transport is not None, "pika internals changed: single sends fall back to the slower I/O loop"
+    polls = 0
+    loop_poll = producer.connection._impl.ioloop._poller.poll
+
+    def counting_poll() -> Any:
+        nonlocal polls
+        polls += 1
+        return loop_poll()
+
+    producer.connection._impl.ioloop._poller.poll = counting_poll
+    for i in range(50):
+        add.delay(i, i)
+    assert polls < 10, f"pika's loop ran {polls} times for 50 single sends"
 
 
 # --- reconnects -----------------------------------------------------------------------------------
