@@ -8,9 +8,10 @@ wait a poll with timer bookkeeping. Here:
   on a plaintext connection with nothing buffered before them, **at once**;
 * waiting for confirms polls the socket directly and hands what is readable to pika's own reader
   (``transport._on_socket_readable``), so frame parsing, our callbacks, end of file and socket
-  errors are all handled by pika as usual.
+  errors are all handled by pika as usual. Every pump of a producer's connection starts here: the
+  wait for confirms and a get() waiting for its reply.
 
-Whatever falls outside that — TLS, a partial write, a socket quiet for longer than a round trip,
+Whatever falls outside that — TLS, a wake from another thread, a partial write, a socket quiet for longer than a round trip,
 a transport no longer active — goes back to pika's loop, which also runs pika's timers. Patched on
 our own connection objects only; if a pika release renames these internals, pika's behaviour
 stays. Measured in ``scripts/bench_publish.py``.
@@ -39,10 +40,18 @@ class DirectSocket:
             hasattr(transport, name) for name in ("_sock", "_state", "_STATE_ACTIVE", "get_write_buffer_size", "_on_socket_readable")
         )
         self._transport: Any = transport if plain else None
+        # pika's loop is woken from other threads through a pipe (add_callback_threadsafe, e.g. a
+        # publisher asking a waiting get() for the connection): watched too, so a wake is never late.
+        wake: Any = getattr(getattr(getattr(self._impl, "ioloop", None), "_poller", None), "_r_interrupt", None)
         self._poller: Any = None
-        if self._transport is not None:
+        self._fd = -1
+        if self._transport is not None and wake is not None:
+            self._fd = self._transport._sock.fileno()
             self._poller = select.poll()
-            self._poller.register(self._transport._sock.fileno(), select.POLLIN)
+            self._poller.register(self._fd, select.POLLIN)
+            self._poller.register(wake.fileno(), select.POLLIN)
+        else:
+            self._transport = None
         if hasattr(self._impl, "_adapter_emit_data") and hasattr(self._impl, "_output_marshaled_frames"):
             self._impl._output_marshaled_frames = self._write
 
@@ -67,14 +76,25 @@ class DirectSocket:
         impl._adapter_emit_data(data)
 
     def wait(self, done: Callable[[], bool], deadline: float) -> None:
-        """Read straight off the socket until ``done()``, the deadline, a quiet spell or a fallback.
+        """Read straight off the socket until ``done()``, the deadline, a quiet spell or a wake.
 
-        Returns without raising in every case; the caller then pumps pika's loop, which reports
-        what happened to the connection (an error raised by pika's reader propagates).
+        Returns without raising in every case but one (an error raised by pika's reader); the
+        caller then pumps pika's loop, which reports what happened to the connection and runs
+        what a wake asked for.
         """
         poll = self._poller
         while not done() and self._clear():
             quiet = min(QUIET, deadline - time.monotonic())
-            if quiet <= 0 or not poll.poll(quiet * 1000):
+            if quiet <= 0:
                 return
-            self._transport._on_socket_readable()
+            events = poll.poll(quiet * 1000)
+            if not events:
+                return
+            woken = False
+            for fd, _event in events:
+                if fd == self._fd:
+                    self._transport._on_socket_readable()
+                else:
+                    woken = True
+            if woken:
+                return

@@ -30,7 +30,7 @@ from amqptasks.errors import AmqpTasksError, PublishError, PublishTimeout, Unrou
 from amqptasks.settings import Settings
 from amqptasks.sync.connection import connect
 from amqptasks.sync.direct import DirectSocket
-from amqptasks.sync.results import IO_ERRORS, Broken, Replies, SharedConnection
+from amqptasks.sync.results import Broken, Replies, SharedConnection
 
 IDLE_CHECK_AFTER = 1.0  # seconds idle after which a producer is polled for a close before use
 
@@ -67,7 +67,7 @@ class Producer(SharedConnection):
         from amqptasks.sync.topology import provision
 
         super().__init__(settings, connect(settings, name))
-        self._direct = DirectSocket(self.connection)
+        self.direct = DirectSocket(self.connection)
         self._tag = 0
         self._low = 1  # lowest delivery tag that may still be unconfirmed
         self._by_tag: dict[int, _Slot] = {}
@@ -196,10 +196,6 @@ class Producer(SharedConnection):
 
     def _await(self, flight: Flight) -> None:
         timeout = self.settings.confirm_timeout
-        try:
-            self._direct.wait(lambda: flight.remaining == 0, time.monotonic() + timeout)
-        except IO_ERRORS as exc:
-            raise self._break(exc, retryable=True) from None
         progress = flight.remaining
         while not self.pump(lambda: flight.remaining == 0, time.monotonic() + timeout):
             if flight.remaining < progress:  # confirms still arriving: a big batch, not a stall

@@ -25,6 +25,7 @@ from amqptasks.core.envelope import DIRECT_REPLY_TO, Outcome, decode_result
 from amqptasks.errors import ResultTimeout
 from amqptasks.result import ResultUnavailable
 from amqptasks.settings import Settings
+from amqptasks.sync.direct import DirectSocket
 
 PUMP_SLICE = 0.25  # seconds a get() holds the connection before checking whether to let go
 IO_ERRORS = (pika.exceptions.AMQPError, OSError, ValueError)
@@ -52,6 +53,7 @@ class SharedConnection:
         self.last_used = time.monotonic()
         self._wanted = 0  # publishers waiting for the lock while a get() pumps
         self._wanted_lock = threading.Lock()
+        self.direct: DirectSocket | None = None  # set by a Producer: reads that skip pika's loop
 
     @staticmethod
     def signal() -> _Flag:
@@ -69,7 +71,8 @@ class SharedConnection:
     def pump(self, until: Callable[[], bool], deadline: float) -> bool:
         """Process I/O until ``until()`` or ``deadline``; the caller holds the lock. Raises Broken.
 
-        Drives pika's loop with ``_flush_output`` and our own waiters rather than
+        Reads directly off the socket first where it can (``sync/direct.py``); then drives
+        pika's loop with ``_flush_output`` and our own waiters rather than
         ``process_data_events``: our callbacks run at the channel-impl level, invisible to
         process_data_events' own stop conditions, and its per-call bookkeeping was a measurable
         share of a single send's CPU (scripts/bench_publish.py).
@@ -78,6 +81,13 @@ class SharedConnection:
             return True
         if self.broken is not None:
             raise self.broken
+        if self.direct is not None:
+            try:
+                self.direct.wait(until, deadline)
+            except IO_ERRORS as exc:
+                raise self._break(exc, retryable=True) from None
+            if until():
+                return True
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False

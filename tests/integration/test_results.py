@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -173,6 +174,28 @@ def test_get_from_other_threads_while_this_one_sends(app: App, unique: str, brok
             thread.join(20)
         assert not errors and values == {i: i + 1 for i in range(50)}
         assert [r.get(timeout=10) for r in more] == [i + 2 for i in range(50)]
+
+
+def test_a_send_is_not_held_up_by_a_get_waiting_on_the_same_connection(app: App, unique: str, broker_url: str) -> None:
+    """The waiting get() hands the connection over at once when woken (sync/direct.py watches the wake)."""
+    add, _, silent = define(app, unique)
+    with Responder(broker_url, unique) as responder:
+        add.delay(0, 0).get(timeout=5)  # one producer, open
+        waiting = silent.delay()
+        reader = threading.Thread(target=lambda: pytest.raises(ResultTimeout, waiting.get, timeout=4))
+        reader.start()
+        time.sleep(0.2)  # the reader now pumps the only connection; no reply will wake it
+        took = []
+        for _ in range(20):
+            time.sleep(0.01)  # the reader takes the connection back in between
+            start = time.monotonic()
+            silent.delay()
+            took.append(time.monotonic() - start)
+        assert app._sync is not None and app._sync._state.opened == 1
+        assert statistics.median(took) < 0.02, f"sends took {sorted(took)} s while a get() waited"
+        reader.join(10)
+        assert not reader.is_alive()
+        assert sum(1 for seen in responder.seen if seen["headers"]["task"] == f"{unique}.silent") == 21
 
 
 def test_dropped_results_are_not_kept(app: App, unique: str, broker_url: str) -> None:

@@ -307,7 +307,7 @@ def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str
     add.delay(1, 1)
     assert app._sync is not None
     (producer,) = app._sync._state.all
-    direct = producer._direct
+    direct = producer.direct
     assert direct._transport is not None, "pika internals changed: single sends fall back to the slower I/O loop"
     polls = 0
     loop_poll = producer.connection._impl.ioloop._poller.poll
