@@ -1,10 +1,11 @@
 """The async producer: one aio-pika connection per event loop, confirms, mandatory, reconnects.
 
-Publishing goes straight to the underlying aiormq channel: aio-pika's ``Exchange.publish`` adds a
-``Message`` object and a few awaits per message that measurably cost throughput (scripts/
-bench_publish.py) and give us nothing, since we encode bodies and properties ourselves. aiormq
-pipelines confirms by itself (one future per delivery tag) and matches a ``basic.return`` to its
-publish by ``message_id`` (our task id), so an unroutable message fails its own send only.
+Publishing goes straight to the underlying aiormq channel, through an Outbox (aio/outbox.py) that
+writes the messages of one loop turn together: aio-pika's ``Exchange.publish`` adds a ``Message``
+object and a few awaits per message, and aiormq a socket write per message, which measurably cost
+throughput (scripts/bench_publish.py). aiormq's reader settles the confirms (one future per
+delivery tag) and matches a ``basic.return`` to its publish by ``message_id`` (our task id), so
+an unroutable message fails its own send only.
 
 A connection lost during a send is replaced and the unconfirmed messages are published again, at
 most ``settings.reconnect_attempts`` times: at-least-once, like the sync producer.
@@ -24,6 +25,7 @@ import aiormq.exceptions
 from aiormq import spec
 
 from amqptasks.aio.connection import aconnect
+from amqptasks.aio.outbox import Outbox
 from amqptasks.aio.results import AsyncReplies
 from amqptasks.core.envelope import Properties
 from amqptasks.core.delays import landing_for
@@ -58,6 +60,7 @@ class AsyncProducer:
         self.settings = settings
         self.connection = connection
         self.channel = channel  # aiormq channel
+        self._outbox = Outbox(channel)  # every publish on the channel goes through it
         self.replies = replies
         self.loop = replies.loop
         self.pid = os.getpid()
@@ -153,16 +156,8 @@ class AsyncProducer:
         task = asyncio.current_task()
         self._inflight[key] = (time.monotonic(), task)
         try:
-            # wait=False: the confirm proves the write; awaiting the socket drain too costs a
-            # future and a loop turn per message for nothing.
-            await self.channel.basic_publish(
-                item.body,
-                exchange=destination.exchange,
-                routing_key=destination.routing_key,
-                properties=aiormq_properties(item.properties, self._timestamp(item.properties.timestamp)),
-                mandatory=True,
-                wait=False,
-            )
+            properties = aiormq_properties(item.properties, self._timestamp(item.properties.timestamp))
+            await self._outbox.publish(item.body, destination.exchange, destination.routing_key, properties)
         except asyncio.CancelledError:
             if key not in self._expired or task is None:
                 raise

@@ -25,9 +25,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pika
-from pika.adapters.utils.io_services_utils import _AsyncPlaintextTransport
+from pika.adapters.utils import io_services_utils
 
 QUIET = 0.05  # seconds without a byte after which the wait goes back to pika's loop
+# None if a pika release renames it: then every wait is pika's own.
+_PLAINTEXT: Any = getattr(io_services_utils, "_AsyncPlaintextTransport", None)
 
 
 class DirectSocket:
@@ -36,7 +38,7 @@ class DirectSocket:
     def __init__(self, connection: pika.BlockingConnection) -> None:
         self._impl: Any = connection._impl
         transport: Any = getattr(self._impl, "_transport", None)
-        plain = type(transport) is _AsyncPlaintextTransport and all(
+        plain = _PLAINTEXT is not None and type(transport) is _PLAINTEXT and all(
             hasattr(transport, name) for name in ("_sock", "_state", "_STATE_ACTIVE", "get_write_buffer_size", "_on_socket_readable")
         )
         self._transport: Any = transport if plain else None

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from amqptasks import App, BrokerUnavailable, PublishError, PublishTimeout, ResultUnavailable, UnroutableError
@@ -124,6 +125,26 @@ async def test_concurrent_sends_share_one_connection(app: App, unique: str, chan
     assert wait_count(channel, f"{unique}.plain", 500) == 500
 
 
+async def test_sends_written_together_each_get_their_own_outcome(app: App, unique: str, channel: Any) -> None:
+    """Sends of one loop turn leave in one write (aio/outbox.py); each still gets its own confirm or error."""
+
+    @app.task(name=f"{unique}.echo", queue=f"{unique}.plain")
+    def echo(text: str) -> str:
+        return text
+
+    await echo.adelay("open")
+    big = "x" * 1_000_000  # several body frames (frame_max is 128 KiB)
+    sends = [echo.adelay(f"{i}") for i in range(20)]
+    sends.insert(7, echo.aapply_async(args=("lost",), queue=f"{unique}.missing"))
+    sends.insert(12, echo.adelay(big))
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    errors = [i for i, outcome in enumerate(outcomes) if isinstance(outcome, BaseException)]
+    assert errors == [7] and isinstance(outcomes[7], UnroutableError) and f"{unique}.missing" in str(outcomes[7])
+    assert wait_count(channel, f"{unique}.plain", 22) == 22
+    texts = [orjson.loads(get_one(channel, f"{unique}.plain")[1])["args"][0] for _ in range(22)]
+    assert texts == ["open", *[f"{i}" for i in range(11)], big, *[f"{i}" for i in range(11, 20)]]
+
+
 async def test_the_next_send_after_the_connection_was_closed_succeeds(app: App, unique: str, channel: Any) -> None:
     @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
     def add(x: int, y: int) -> int:
@@ -164,10 +185,10 @@ async def test_a_confirm_that_does_not_come_raises_publish_timeout(app: App, uni
     producer = next(iter(app._async._producers.values()))
     producer.settings = replace(producer.settings, confirm_timeout=0.4)
 
-    async def never_confirmed(*_args: Any, **_kwargs: Any) -> None:
-        await asyncio.Event().wait()
+    def never_confirmed(*_args: Any, **_kwargs: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
 
-    monkeypatch.setattr(producer.channel, "basic_publish", never_confirmed)
+    monkeypatch.setattr(producer._outbox, "publish", never_confirmed)
     start = time.monotonic()
     with pytest.raises(PublishTimeout, match="not confirmed within 0.4 s"):
         await t.adelay()
