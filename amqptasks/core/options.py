@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 
 from amqptasks.core import envelope
+from amqptasks.core.frames import header_value_problem
 from amqptasks.core.schedule import due_ms, expires_ms_for
 from amqptasks.errors import ConfigurationError
 
@@ -191,6 +192,14 @@ class SendOptions:
                 raise ConfigurationError(f"send: header names must be strings, got {key!r}")
             if key in RESERVED_HEADERS:
                 raise ConfigurationError(f"send: header {key!r} is reserved by the protocol (see docs/protocol.md)")
+            if len(key.encode(errors="replace")) > 255:
+                raise ConfigurationError(f"send: header name {key[:40]!r}... is longer than AMQP's 255 bytes")
+            problem = header_value_problem(self.headers[key])
+            if problem is not None:
+                raise ConfigurationError(
+                    f"send: header {key!r} cannot be sent ({problem}); header values must be str, int, float, "
+                    "bool, None, bytes, or lists and str-keyed dicts of those"
+                )
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ConfigurationError(f"send: task_id must be a non-empty string, got {self.task_id!r}")
         if self.countdown is not None or self.eta is not None:

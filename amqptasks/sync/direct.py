@@ -4,8 +4,9 @@ A confirmed single send is one round trip: write a message, wait for its ``basic
 pika's I/O loop the write costs a poll for writability and two epoll changes first, and the
 wait a poll with timer bookkeeping. Here:
 
-* a message's frames (method, header, body) go out in **one** write instead of pika's three, and
-  on a plaintext connection with nothing buffered before them, **at once**;
+* a message's frames (method, header, body; encoded by core/frames.py, or by pika for what that
+  leaves alone) go out in **one** write instead of pika's three, and on a plaintext connection
+  with nothing buffered before them, **at once**;
 * waiting for confirms polls the socket directly and hands what is readable to pika's own reader
   (``transport._on_socket_readable``), so frame parsing, our callbacks, end of file and socket
   errors are all handled by pika as usual. Every pump of a producer's connection starts here: the
@@ -26,6 +27,8 @@ from typing import Any
 
 import pika
 from pika.adapters.utils import io_services_utils
+
+from amqptasks.core.frames import FRAME_OVERHEAD
 
 QUIET = 0.05  # seconds without a byte after which the wait goes back to pika's loop
 # None if a pika release renames it: then every wait is pika's own.
@@ -62,11 +65,20 @@ class DirectSocket:
         transport = self._transport
         return transport is not None and transport._state == transport._STATE_ACTIVE and transport.get_write_buffer_size() == 0
 
+    @property
+    def frame_max(self) -> int | None:
+        """The connection's negotiated frame size, for frames we encode ourselves (None: unknown)."""
+        body_max = getattr(self._impl, "_body_max_length", None)
+        return body_max + FRAME_OVERHEAD if isinstance(body_max, int) and body_max > 0 else None
+
     def _write(self, frames: Sequence[bytes]) -> None:
+        self.send(b"".join(frames), len(frames))
+
+    def send(self, data: bytes, frames: int = 3) -> None:
+        """Write encoded frames (``frames`` of them) after whatever pika has buffered."""
         impl = self._impl
-        data = b"".join(frames)
-        impl.bytes_sent += len(data)
-        impl.frames_sent += len(frames)
+        impl.bytes_sent += len(data)  # pika's heartbeat checker reads these
+        impl.frames_sent += frames
         if self._clear():
             try:
                 sent = self._transport._sock.send(data)

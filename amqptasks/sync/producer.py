@@ -6,7 +6,8 @@
   ``message_id`` (= the task id). No confirm progress within ``settings.confirm_timeout`` raises
   PublishTimeout instead of hanging.
 * **Direct socket I/O** for the write and the wait for confirms (``sync/direct.py``): a single
-  confirmed send skips two turns of pika's I/O loop.
+  confirmed send skips two turns of pika's I/O loop. Messages are encoded by ``core/frames.py``
+  (pika's encoder only for header values that leaves alone).
 * A lost connection or channel marks the producer broken (``Broken``, with the messages still
   unconfirmed): the pool (``sync/publisher.py``) replaces it and publishes those again.
 """
@@ -24,6 +25,7 @@ from pika.spec import Basic
 
 from amqptasks.core.delays import landing_for
 from amqptasks.core.envelope import Properties
+from amqptasks.core.frames import encode_publish
 from amqptasks.core.routing import Destination, Outgoing
 from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, PublishError, PublishTimeout, UnroutableError
@@ -171,7 +173,8 @@ class Producer(SharedConnection):
                 self._check_exchange(item.destination.exchange)
                 if item.landing is not None:
                     self._ensure_landing(item.landing)
-            publish = self.channel_impl.basic_publish
+            channel = self.channel_impl
+            frame_max = self.direct.frame_max
             for index, item in enumerate(items):
                 if item.wants_result:
                     self.replies.expect(item.task_id)
@@ -180,8 +183,16 @@ class Producer(SharedConnection):
                 self._by_tag[self._tag] = slot
                 self._by_mid[item.task_id] = slot
                 destination = item.destination
-                properties = pika_properties(item.properties)
-                publish(destination.exchange, destination.routing_key, item.body, properties, mandatory=True)
+                data = None
+                if frame_max is not None and channel.is_open:  # a closed channel: pika raises the right error
+                    data = encode_publish(
+                        channel.channel_number, destination.exchange, destination.routing_key, item.body, item.properties, frame_max
+                    )
+                if data is not None:
+                    self.direct.send(data)
+                else:
+                    properties = pika_properties(item.properties)
+                    channel.basic_publish(destination.exchange, destination.routing_key, item.body, properties, mandatory=True)
             self._await(flight)
         except Broken as exc:
             exc.flight = flight

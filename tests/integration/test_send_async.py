@@ -13,7 +13,9 @@ import orjson
 import pytest
 
 from amqptasks import App, BrokerUnavailable, PublishError, PublishTimeout, ResultUnavailable, UnroutableError
-from tests.integration.test_send_sync import close_connections, closed_port_url, get_one, routing_app, wait_count
+from tests.integration.test_send_sync import (
+    ALL_HEADER_TYPES, aget_headers, close_connections, closed_port_url, get_one, routing_app, wait_count,
+)
 
 
 @pytest.fixture
@@ -63,6 +65,15 @@ async def test_send_options_win(app: App, unique: str, channel: Any) -> None:
     assert get_one(channel, f"{unique}.orders")[1] == b'{"args":[2],"kwargs":{}}'
     props, _ = get_one(channel, f"{unique}.q1")
     assert props.priority == 4 and props.headers["tenant"] == "acme"
+
+
+async def test_header_values_of_every_supported_type_arrive_as_sent(app: App, unique: str, broker_url: str) -> None:
+    @app.task(name=f"{unique}.t", queue=f"{unique}.plain")
+    def t() -> None: ...
+
+    await t.aapply_async(headers=ALL_HEADER_TYPES)
+    headers = await aget_headers(broker_url, f"{unique}.plain")
+    assert {name: headers[name] for name in ALL_HEADER_TYPES} == ALL_HEADER_TYPES
 
 
 async def test_unroutable_raises_within_a_second(app: App, unique: str) -> None:

@@ -5,6 +5,7 @@ The helpers at the top are shared by the other producer test modules.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import time
@@ -13,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import orjson
 import pika
 import pytest
@@ -20,6 +22,7 @@ import pytest
 from amqptasks import (
     App,
     BrokerUnavailable,
+    ConfigurationError,
     PublishError,
     PublishTimeout,
     ResultUnavailable,
@@ -171,6 +174,33 @@ def test_send_and_task_options_win_over_routes(app: App, unique: str, channel: A
     props, _ = get_one(channel, f"{unique}.q1")
     assert props.priority == 7 and props.headers["tenant"] == "acme"
     assert props.headers["expires"] > time.time() * 1000
+
+
+ALL_HEADER_TYPES = {"ratio": 0.5, "tags": ["a", 1, None], "meta": {"n": {"deep": True}}, "raw": b"\x00\xff", "big": 2**40}
+
+
+async def aget_headers(broker_url: str, queue: str) -> dict[str, Any]:
+    """Headers of the next message in ``queue``, decoded by pamqp as the worker decodes them
+    (pika's decoder truncates floats to integers)."""
+    connection = await aio_pika.connect(broker_url)
+    try:
+        channel = await connection.channel()
+        message = await (await channel.get_queue(queue, ensure=False)).get(no_ack=True, timeout=5)
+        assert message is not None, f"no message in {queue}"
+        return dict(message.headers)
+    finally:
+        await connection.close()
+
+
+def test_header_values_of_every_supported_type_arrive_as_sent(app: App, unique: str, broker_url: str) -> None:
+    @app.task(name=f"{unique}.t", queue=f"{unique}.plain")
+    def t() -> None: ...
+
+    t.apply_async(headers=ALL_HEADER_TYPES)
+    headers = asyncio.run(aget_headers(broker_url, f"{unique}.plain"))
+    assert {name: headers[name] for name in ALL_HEADER_TYPES} == ALL_HEADER_TYPES
+    with pytest.raises(ConfigurationError, match="header 'when' cannot be sent"):
+        t.apply_async(headers={"when": time.gmtime()})
 
 
 def test_default_queue_and_the_default_topology(broker_url: str, unique: str, channel: Any) -> None:

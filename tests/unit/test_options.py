@@ -118,6 +118,16 @@ def test_reserved_headers_are_refused() -> None:
         SendOptions(headers={1: "x"})  # type: ignore[dict-item]
 
 
+def test_header_values_the_wire_cannot_carry_are_refused_with_the_types_it_can() -> None:
+    SendOptions(headers={"ratio": 0.5, "tags": ["a", 1], "meta": {"n": None}, "raw": b"x"})
+    with pytest.raises(ConfigurationError, match=r"header 'when' cannot be sent \(a datetime value\); header values must be str, int, float"):
+        SendOptions(headers={"when": datetime.now(timezone.utc)})
+    with pytest.raises(ConfigurationError, match="header 'n' cannot be sent .the integer 18446744073709551616 does not fit in 64 bits"):
+        SendOptions(headers={"n": [2**64]})
+    with pytest.raises(ConfigurationError, match="longer than AMQP's 255 bytes"):
+        SendOptions(headers={"k" * 256: 1})
+
+
 def test_expires_in_seconds_timedelta_or_datetime() -> None:
     now_ms = 1_000_000
     assert SendOptions(expires=30).expires_ms(now_ms, None) == now_ms + 30_000
