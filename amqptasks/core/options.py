@@ -192,8 +192,8 @@ class SendOptions:
                 raise ConfigurationError(f"send: header names must be strings, got {key!r}")
             if key in RESERVED_HEADERS:
                 raise ConfigurationError(f"send: header {key!r} is reserved by the protocol (see docs/protocol.md)")
-            if len(key.encode(errors="replace")) > 255:
-                raise ConfigurationError(f"send: header name {key[:40]!r}... is longer than AMQP's 255 bytes")
+            if len(key.encode(errors="replace")) > MAX_SHORTSTR:
+                raise ConfigurationError(f"send: header name {key[:40]!r}... is longer than AMQP's {MAX_SHORTSTR} bytes")
             problem = header_value_problem(self.headers[key])
             if problem is not None:
                 raise ConfigurationError(
@@ -202,6 +202,8 @@ class SendOptions:
                 )
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ConfigurationError(f"send: task_id must be a non-empty string, got {self.task_id!r}")
+        if self.task_id is not None and len(self.task_id.encode(errors="replace")) > MAX_SHORTSTR:
+            raise ConfigurationError(f"send: task_id is longer than AMQP's {MAX_SHORTSTR} bytes (it is the message_id)")
         if self.countdown is not None or self.eta is not None:
             # Rejects negative, naive, both given, or beyond the cascade's range — before any I/O.
             due_ms(now_ms=time.time_ns() // 1_000_000, countdown=self.countdown, eta=self.eta)

@@ -145,6 +145,8 @@ def test_expires_in_seconds_timedelta_or_datetime() -> None:
 def test_task_id_must_be_a_non_empty_string() -> None:
     with pytest.raises(ConfigurationError, match="task_id must be a non-empty string"):
         SendOptions(task_id="")
+    with pytest.raises(ConfigurationError, match="task_id is longer than AMQP's 255 bytes"):
+        SendOptions(task_id="é" * 128)
 
 
 def test_unsupported_send_options_list_what_is_supported() -> None:
