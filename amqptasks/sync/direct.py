@@ -7,9 +7,10 @@ wait a poll with timer bookkeeping. Here:
 * a message's frames (method, header, body; encoded by core/frames.py, or by pika for what that
   leaves alone) go out in **one** write instead of pika's three, and on a plaintext connection
   with nothing buffered before them, **at once**;
-* waiting for confirms polls the socket directly and hands what is readable to pika's own reader
-  (``transport._on_socket_readable``), so frame parsing, our callbacks, end of file and socket
-  errors are all handled by pika as usual. Every pump of a producer's connection starts here: the
+* waiting for confirms polls the socket directly. What is waiting is peeked at: a run of whole
+  ``basic.ack`` frames is read and settled here (core/frames.py parses them); anything else is
+  left to pika's own reader (``transport._on_socket_readable``), so other frames, our other
+  callbacks, end of file and socket errors are all handled by pika as usual. Every pump of a producer's connection starts here: the
   wait for confirms and a get() waiting for its reply.
 
 Whatever falls outside that — TLS, a wake from another thread, a partial write, a socket quiet for longer than a round trip,
@@ -21,6 +22,7 @@ stays. Measured in ``scripts/bench_publish.py``.
 from __future__ import annotations
 
 import select
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,9 +30,10 @@ from typing import Any
 import pika
 from pika.adapters.utils import io_services_utils
 
-from amqptasks.core.frames import FRAME_OVERHEAD
+from amqptasks.core.frames import FRAME_OVERHEAD, read_acks
 
 QUIET = 0.05  # seconds without a byte after which the wait goes back to pika's loop
+PEEK_BYTES = 4096  # looked at before deciding who reads: a run of acks is 22 bytes each
 # None if a pika release renames it: then every wait is pika's own.
 _PLAINTEXT: Any = getattr(io_services_utils, "_AsyncPlaintextTransport", None)
 
@@ -50,6 +53,8 @@ class DirectSocket:
         wake: Any = getattr(getattr(getattr(self._impl, "ioloop", None), "_poller", None), "_r_interrupt", None)
         self._poller: Any = None
         self._fd = -1
+        self._ack_channel = 0
+        self._on_ack: Callable[[int, bool], None] | None = None
         if self._transport is not None and wake is not None:
             self._fd = self._transport._sock.fileno()
             self._poller = select.poll()
@@ -106,9 +111,33 @@ class DirectSocket:
                 return
             woken = False
             for fd, _event in events:
-                if fd == self._fd:
-                    self._transport._on_socket_readable()
-                else:
+                if fd != self._fd:
                     woken = True
+                elif not self._read_acks():
+                    self._transport._on_socket_readable()
             if woken:
                 return
+
+    def take_acks(self, channel: int, on_ack: Callable[[int, bool], None]) -> None:
+        """Settle ``basic.ack`` frames of ``channel`` by calling ``on_ack(tag, multiple)`` directly."""
+        self._ack_channel, self._on_ack = channel, on_ack
+
+    def _read_acks(self) -> bool:
+        """Read a run of whole ``basic.ack`` frames ourselves (pika's reader costs a few times
+        more for them); False when what is waiting is anything else, which pika then reads."""
+        if self._on_ack is None or self._impl._frame_buffer:  # pika holds part of a frame
+            return False
+        sock = self._transport._sock
+        try:
+            data = sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+        except OSError:  # pika's reader meets it again and handles it its way
+            return False
+        acks = read_acks(data, self._ack_channel)
+        if acks is None:
+            return False
+        if sock.recv(len(data)) != data:  # cannot happen with TCP: the bytes were already there
+            raise ConnectionError("the socket returned other bytes than it showed")
+        self._impl.bytes_received += len(data)  # pika's heartbeat checker reads this
+        for tag, multiple in acks:
+            self._on_ack(tag, multiple)
+        return True

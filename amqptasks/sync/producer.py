@@ -85,6 +85,7 @@ class Producer(SharedConnection):
             if not self.pump(selected.is_set, time.monotonic() + settings.confirm_timeout):
                 raise PublishTimeout(f"the broker at {settings.address.where} did not enable publisher confirms in time")
             self.channel_impl.add_on_return_callback(self._on_return)
+            self.direct.take_acks(self.channel_impl.channel_number, self._confirmed)
             self.channel_impl.add_on_close_callback(self._on_channel_closed)
             self.replies = Replies(self)
             self.replies.start(self.channel_impl)
@@ -96,9 +97,10 @@ class Producer(SharedConnection):
 
     def _on_confirm(self, frame: Any) -> None:
         method = frame.method
-        ack = isinstance(method, Basic.Ack)
-        tag = method.delivery_tag
-        if method.multiple:
+        self._confirmed(method.delivery_tag, method.multiple, isinstance(method, Basic.Ack))
+
+    def _confirmed(self, tag: int, multiple: bool, ack: bool = True) -> None:
+        if multiple:
             last = self._tag if tag == 0 else tag
             for t in range(self._low, last + 1):
                 self._settle(t, ack)

@@ -347,10 +347,21 @@ def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str
         polls += 1
         return loop_poll()
 
-    producer.connection._impl.ioloop._poller.poll = counting_poll
+    impl = producer.connection._impl
+    impl.ioloop._poller.poll = counting_poll
+    pika_reads = 0
+    pika_read = impl._on_data_available
+
+    def counting_read(data: bytes) -> None:
+        nonlocal pika_reads
+        pika_reads += 1
+        pika_read(data)
+
+    impl._on_data_available = counting_read
     for i in range(50):
         add.delay(i, i)
     assert polls < 10, f"pika's loop ran {polls} times for 50 single sends"
+    assert pika_reads < 10, f"pika's reader parsed {pika_reads} reads for 50 single sends (the acks are read directly)"
 
 
 # --- reconnects -----------------------------------------------------------------------------------
