@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
+import time
 
 import pytest
 
@@ -34,3 +36,71 @@ async def test_work_submitted_after_stop_resolves_to_none_instead_of_running() -
     threads.stop()
     assert await threads.submit(1) is None  # after stop: resolved at once, never run
     assert ran == []
+
+
+@pytest.mark.timeout(10)
+async def test_calls_that_block_run_side_by_side_even_after_quick_ones() -> None:
+    loop = asyncio.get_running_loop()
+    for warm_up in (0, 50):  # unknown durations first; then known to be quick, until they block
+        barrier = threading.Barrier(6, timeout=5)
+
+        def call(arg: int) -> int:
+            if arg >= 0:
+                barrier.wait()  # passes only when all six run at once
+            return arg
+
+        threads = ThreadHandoff(loop, call, threads=6, name="t")
+        try:
+            await asyncio.gather(*(threads.submit(-1) for _ in range(warm_up)))
+            assert await asyncio.gather(*(threads.submit(n) for n in range(6))) == list(range(6))
+        finally:
+            threads.stop()
+
+
+@pytest.mark.timeout(10)
+async def test_quick_work_is_not_held_up_behind_a_call_that_blocks() -> None:
+    release = threading.Event()
+
+    def call(arg: str) -> str:
+        if arg == "block":
+            release.wait(5)
+        return arg
+
+    threads = ThreadHandoff(asyncio.get_running_loop(), call, threads=2, name="t")
+    try:
+        await asyncio.gather(*(threads.submit("quick") for _ in range(20)))
+        blocked = threads.submit("block")
+        start = time.monotonic()
+        assert await asyncio.wait_for(asyncio.gather(*(threads.submit("quick") for _ in range(5))), 2) == ["quick"] * 5
+        assert time.monotonic() - start < 0.5 and not blocked.done()
+        release.set()
+        assert await blocked == "block"
+    finally:
+        release.set()
+        threads.stop()
+
+
+@pytest.mark.timeout(10)
+async def test_work_waiting_at_stop_resolves_to_none_and_never_runs() -> None:
+    release = threading.Event()
+    ran: list[str] = []
+
+    def call(arg: str) -> str:
+        if arg == "block":
+            release.wait(5)
+        ran.append(arg)
+        return arg
+
+    threads = ThreadHandoff(asyncio.get_running_loop(), call, threads=1, name="t")
+    try:
+        blocked = threads.submit("block")
+        await asyncio.sleep(0.05)  # the only thread is in it
+        waiting = [threads.submit(f"late{n}") for n in range(3)]
+        threads.stop()
+        assert await asyncio.gather(*waiting) == [None, None, None]
+        release.set()
+        assert await blocked == "block"  # the running call still finishes and reports
+        assert ran == ["block"]
+    finally:
+        release.set()
+        threads.stop()
