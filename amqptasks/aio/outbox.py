@@ -89,6 +89,10 @@ class Outbox:
         try:
             while self._pending:
                 pending, self._pending = self._pending, []
+                if channel.is_closed:
+                    # Closed since these were queued (aiormq has failed their confirms): after the
+                    # broker's close, a frame on this channel number would cost the whole connection.
+                    continue
                 # The connection's write queue is bounded: wait for room, keep the order.
                 await channel.write_queue.put(ChannelFrame(payload=b"".join(pending), should_close=False))
         finally:

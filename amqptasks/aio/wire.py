@@ -9,7 +9,8 @@ behind it forever. Found by the poison fuzz (tests/faults/test_poison.py):
 * a timestamp beyond ``datetime``'s range, e.g. ``2**63`` (``ValueError``);
 * a negative decimal, decoded as unsigned and then impossible to re-encode;
 * encoding an integer in -128..-1 (packed as an *unsigned* octet: ``struct.error``), so a header
-  such as ``{"delta": -1}`` could be neither sent nor dead-lettered.
+  such as ``{"delta": -1}`` could be neither sent nor dead-lettered;
+* encoding a float as 32 bits, so a float header changed value on a retry or dead-letter copy.
 
 :func:`install` swaps in lenient versions of those functions (idempotent). Undecodable strings
 arrive as ``bytes``, out-of-range timestamps as ``None``; :func:`encodable_headers` and
@@ -71,12 +72,21 @@ def _table_integer(value: int) -> bytes:
     return _ORIGINAL_TABLE_INTEGER(value)
 
 
+def _encode_table_value(value: Any) -> bytes:
+    # pamqp writes floats as 32-bit ("f"): a float header on a retry or dead-letter copy would
+    # change value (0.1 -> 0.10000000149...). Doubles, as core/frames.py writes them.
+    if isinstance(value, float):
+        return b"d" + encode.double(value)
+    return _ORIGINAL_ENCODE_TABLE_VALUE(value)
+
+
 _ORIGINAL_TIMESTAMP = decode.timestamp
 _ORIGINAL_TABLE_INTEGER = encode.table_integer
+_ORIGINAL_ENCODE_TABLE_VALUE = encode.encode_table_value
 
 
 def install() -> None:
-    """Use the lenient decoders and the fixed integer encoder in this process (idempotent)."""
+    """Use the lenient decoders and the fixed integer and float encoders in this process (idempotent)."""
     if decode.short_str is _short_str:
         return
     decode.short_str = _short_str
@@ -86,6 +96,7 @@ def install() -> None:
     decode.METHODS.update(shortstr=_short_str, timestamp=_timestamp, decimal=_decimal_signed, table=_field_table)
     decode.TABLE_MAPPING.update({b"T": _timestamp, b"D": _decimal_signed, b"F": _field_table})
     encode.table_integer = _table_integer
+    encode.encode_table_value = _encode_table_value
 
 
 def text(value: Any) -> str | None:

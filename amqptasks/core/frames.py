@@ -5,7 +5,8 @@ The client libraries encode a publish field by field through generic, type-dispa
 encode a float header at all, pamqp writes floats as 32-bit. Our messages use a handful of
 properties, so this module writes them with ``struct`` directly, header values of the types
 :data:`HEADER_TYPES` (what ``send(headers=...)`` accepts, core/options.py): str, int (64-bit),
-float (as a double), bool, None, bytes, and lists/tuples and str-keyed dicts of those.
+float (as a double), bool, None, bytes, datetime (whole seconds), Decimal, and lists/tuples and
+str-keyed mappings of those.
 :func:`encode_publish` returns ``None`` for anything else (or a short string over 255 bytes), and
 the adapter then lets its library encode that message, and report the error in its own words.
 
@@ -15,8 +16,12 @@ property flags in declaration order, bit 15 first).
 
 from __future__ import annotations
 
+import calendar
 import struct
+import time
 from collections.abc import Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any
 
 from amqptasks.core.envelope import Properties
@@ -50,7 +55,7 @@ _UINT64 = struct.Struct(">Q")
 _DOUBLE = struct.Struct(">d")
 
 
-HEADER_TYPES = (str, int, float, bool, type(None), bytes, bytearray, list, tuple, dict)
+HEADER_TYPES = (str, int, float, bool, type(None), bytes, bytearray, list, tuple, Mapping, datetime, Decimal)
 
 
 def header_value_problem(value: Any) -> str | None:
@@ -65,18 +70,20 @@ def header_value_problem(value: Any) -> str | None:
 
 
 def _first_problem(value: Any) -> str:
-    if type(value) is int:
+    if isinstance(value, int) and not isinstance(value, bool):
         return f"the integer {value} does not fit in 64 bits"
-    if type(value) in (list, tuple):
+    if isinstance(value, list | tuple):
         return next(_first_problem(item) for item in value if header_value_problem(item))
-    if type(value) is dict:
+    if isinstance(value, Mapping):
         for name, item in value.items():
-            if type(name) is not str or len(name.encode(errors="replace")) > 255:
+            if not isinstance(name, str) or len(name.encode(errors="replace")) > 255:
                 return f"the key {name!r} is not a string of at most 255 bytes"
             if header_value_problem(item):
                 return _first_problem(item)
-    if type(value) is str:
+    if isinstance(value, str):
         return "the text is not valid Unicode (a lone surrogate?)"
+    if isinstance(value, Decimal):
+        return f"the decimal {value} has no AMQP form (at most 255 decimal places, digits within 32 bits)"
     return f"a {type(value).__name__} value"
 
 
@@ -92,36 +99,48 @@ def _shortstr(value: str) -> bytes:
 
 
 def _field_value(value: Any) -> bytes:
-    kind = type(value)
-    if kind is str:
-        data = value.encode()
+    # isinstance, not type(): IntEnum / StrEnum members and dict subclasses are values like any other.
+    if isinstance(value, str):
+        data = str.encode(value)
         return b"S" + _UINT32.pack(len(data)) + data
-    if kind is bool:
+    if isinstance(value, bool):
         return b"t\x01" if value else b"t\x00"
-    if kind is int:
+    if isinstance(value, int):
         if -(2**31) <= value < 2**31:
             return b"I" + _INT32.pack(value)
         if -(2**63) <= value < 2**63:
             return b"l" + _INT64.pack(value)
         raise _Unsupported
-    if kind is float:
+    if isinstance(value, float):
         return b"d" + _DOUBLE.pack(value)
     if value is None:
         return b"V"
-    if kind is bytes or kind is bytearray:
+    if isinstance(value, bytes | bytearray):
         return b"x" + _UINT32.pack(len(value)) + bytes(value)
-    if kind is list or kind is tuple:
+    if isinstance(value, time.struct_time):  # a tuple too, but a point in time (UTC) to the libraries
+        return b"T" + _UINT64.pack(calendar.timegm(value))
+    if isinstance(value, list | tuple):
         data = b"".join(_field_value(item) for item in value)
         return b"A" + _UINT32.pack(len(data)) + data
-    if kind is dict:
+    if isinstance(value, Mapping):
         return b"F" + _table(value)
+    if isinstance(value, datetime):  # seconds since the epoch; a naive datetime is taken as UTC
+        aware = value if value.utcoffset() is not None else value.replace(tzinfo=timezone.utc)
+        return b"T" + _UINT64.pack(int(aware.timestamp()))
+    if isinstance(value, Decimal) and value.is_finite():
+        exponent = value.as_tuple().exponent
+        assert isinstance(exponent, int)  # finite
+        scale = max(0, -exponent)
+        digits = int(value.scaleb(scale))
+        if scale <= 255 and -(2**31) <= digits < 2**31:
+            return b"D" + bytes((scale,)) + _INT32.pack(digits)
     raise _Unsupported
 
 
 def _table(headers: Mapping[str, Any]) -> bytes:
     parts = []
     for name, value in headers.items():
-        if type(name) is not str:
+        if not isinstance(name, str):
             raise _Unsupported
         parts.append(_shortstr(name) + _field_value(value))
     data = b"".join(parts)

@@ -198,7 +198,7 @@ class SendOptions:
             if problem is not None:
                 raise ConfigurationError(
                     f"send: header {key!r} cannot be sent ({problem}); header values must be str, int, float, "
-                    "bool, None, bytes, or lists and str-keyed dicts of those"
+                    "bool, None, bytes, datetime, Decimal, or lists and str-keyed dicts of those"
                 )
         if self.task_id is not None and (not isinstance(self.task_id, str) or not self.task_id):
             raise ConfigurationError(f"send: task_id must be a non-empty string, got {self.task_id!r}")

@@ -33,7 +33,7 @@ from pika.adapters.utils import io_services_utils
 from amqptasks.core.frames import FRAME_OVERHEAD, read_acks
 
 QUIET = 0.05  # seconds without a byte after which the wait goes back to pika's loop
-PEEK_BYTES = 4096  # looked at before deciding who reads: a run of acks is 22 bytes each
+PEEK_BYTES = 4096  # looked at before deciding who reads: a run of acks is 21 bytes each
 # None if a pika release renames it: then every wait is pika's own.
 _PLAINTEXT: Any = getattr(io_services_utils, "_AsyncPlaintextTransport", None)
 

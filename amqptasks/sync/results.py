@@ -28,6 +28,7 @@ from amqptasks.settings import Settings
 from amqptasks.sync.direct import DirectSocket
 
 PUMP_SLICE = 0.25  # seconds a get() holds the connection before checking whether to let go
+LOOP_TURN_EVERY = 1.0  # seconds the direct reads (sync/direct.py) may go without a turn of pika's loop
 IO_ERRORS = (pika.exceptions.AMQPError, OSError, ValueError)
 
 
@@ -54,6 +55,7 @@ class SharedConnection:
         self._wanted = 0  # publishers waiting for the lock while a get() pumps
         self._wanted_lock = threading.Lock()
         self.direct: DirectSocket | None = None  # set by a Producer: reads that skip pika's loop
+        self._loop_turn = time.monotonic()  # when pump last ran pika's own loop
 
     @staticmethod
     def signal() -> _Flag:
@@ -81,19 +83,23 @@ class SharedConnection:
             return True
         if self.broken is not None:
             raise self.broken
-        if self.direct is not None:
+        # pika's timers (heartbeats) run only in its loop: take a turn of it at least every second.
+        if self.direct is not None and time.monotonic() - self._loop_turn < LOOP_TURN_EVERY:
             try:
-                self.direct.wait(until, deadline)
+                self.direct.wait(lambda: until() or self.broken is not None, min(deadline, self._loop_turn + LOOP_TURN_EVERY))
             except IO_ERRORS as exc:
                 raise self._break(exc, retryable=True) from None
             if until():
                 return True
+            if self.broken is not None:
+                raise self.broken
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
         impl = self.connection._impl
         expired = _Flag()
         timer = impl._adapter_call_later(remaining, expired)
+        self._loop_turn = time.monotonic()
         try:
             self.connection._flush_output(expired.is_set, until, self._is_broken)
         except IO_ERRORS as exc:

@@ -2,14 +2,15 @@
 
 Both directions are coalesced, because every thread wake-up costs a system call and a GIL hand-over:
 
-* **To the threads**: while recent calls have been quick (a moving average under ``nudge_after``),
-  work submitted during one loop turn wakes *one* idle thread, and a thread that finishes a call
-  takes the next waiting one itself. Another thread is woken only while every busy thread has been
+* **To the threads**: while recent calls have been quick and CPU-bound (moving averages: under
+  ``nudge_after`` of wall time, under a tenth of it not on the CPU), work submitted during one
+  loop turn wakes *one* idle thread, and a thread that finishes a call takes the next waiting one
+  itself: under the GIL, more threads would only take turns. Another thread is woken only while every busy thread has been
   on its current call for longer than ``nudge_after`` (a task that blocks on I/O or sleeps),
   checked at each loop turn that submits and by a timer while work waits. So a burst of quick
   tasks runs on one thread with one wake-up, and a slow one delays the work behind it by at most
-  ``nudge_after``. Until calls are known to be quick, or once they are not, every waiting call
-  gets a thread of its own at once.
+  ``nudge_after``. Until calls are known to be quick, or once they are not (a database call of
+  half a millisecond waits, not computes), every waiting call gets a thread of its own at once.
 * **Back to the loop**: finished results are collected under the lock and delivered with one
   ``call_soon_threadsafe`` per burst, instead of ``run_in_executor``'s wake-up per task.
 
@@ -54,7 +55,9 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
         self._idle = 0  # threads waiting on self._wake
         self._woken = 0  # notified, not yet running (counted so one burst wakes one thread)
         self._since: dict[int, float] = {}  # thread ident -> when its current call started
-        self._typical: float | None = None  # recent calls' duration (moving average); None: none yet
+        # Moving averages of recent calls: wall time, and wall time not spent on the CPU (I/O, sleep).
+        # They start as "slow", so the first calls get a thread each.
+        self._typical_wall = self._typical_blocked = float("inf")
         self._finished: list[tuple[asyncio.Future[ResultT | None], ResultT | None, BaseException | None]] = []
         self._stopping = False
         self._kick_scheduled = False  # touched on the loop only
@@ -96,14 +99,13 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
     def _kick(self) -> None:
         """On the loop, once per turn that submitted: wake threads for waiting work nobody will run soon."""
         self._kick_scheduled = False
-        self._timer = None
         with self._lock:
             if not self._waiting or self._stopping:
                 return
             free = self._idle - self._woken
             if free <= 0:
                 return  # every thread is busy or about to be: the next one to finish takes the work
-            if self._typical is None or self._typical > self._nudge_after:
+            if not self._quick():
                 wake = min(free, len(self._waiting))  # calls that may block: one thread each, now
             else:
                 now = time.monotonic()
@@ -111,9 +113,18 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
                 wake = 1 if stuck and self._woken == 0 else 0
             self._woken += wake
             self._wake.notify(wake)
-            check_again = wake < free and self._typical is not None and self._typical <= self._nudge_after
-        if check_again and self._timer is None:
-            self._timer = self._loop.call_later(self._nudge_after, self._kick)
+            check_again = wake < free and self._quick()
+        if check_again and self._timer is None:  # one timer at a time, whoever asked
+            self._timer = self._loop.call_later(self._nudge_after, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._kick()
+
+    def _quick(self) -> bool:
+        """Recent calls ran briefly and without blocking (their wall time was almost all CPU time):
+        one thread runs them faster than several taking turns at the GIL."""
+        return self._typical_wall < self._nudge_after and self._typical_blocked < self._nudge_after / 10
 
     def _run(self) -> None:
         me = threading.get_ident()
@@ -127,15 +138,19 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
                 if self._stopping:
                     return
                 arg, future = self._waiting.popleft()
-                self._since[me] = time.monotonic()
+                self._since[me] = started = time.monotonic()
+            cpu = time.thread_time()
             error: BaseException | None = None
             try:
                 result = self._fn(arg)
             except BaseException as exc:  # delivered to the waiter; the thread lives on
                 result, error = None, exc
+            cpu = time.thread_time() - cpu
             with self._lock:
-                took = time.monotonic() - self._since.pop(me)
-                self._typical = took if self._typical is None else 0.8 * self._typical + 0.2 * took
+                wall = time.monotonic() - started
+                del self._since[me]
+                self._typical_wall = _average(self._typical_wall, wall)
+                self._typical_blocked = _average(self._typical_blocked, max(0.0, wall - cpu))
                 self._finished.append((future, result, error))
                 first = len(self._finished) == 1
             if first:  # the loop has not been woken for this batch yet
@@ -154,3 +169,7 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
                 future.set_exception(error)
             else:
                 future.set_result(result)
+
+
+def _average(previous: float, value: float) -> float:
+    return value if previous == float("inf") else 0.8 * previous + 0.2 * value

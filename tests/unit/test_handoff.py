@@ -104,3 +104,29 @@ async def test_work_waiting_at_stop_resolves_to_none_and_never_runs() -> None:
     finally:
         release.set()
         threads.stop()
+
+
+@pytest.mark.timeout(10)
+async def test_short_calls_that_wait_rather_than_compute_still_overlap() -> None:
+    """Half a millisecond of I/O is short but not CPU: serialising such calls on one thread would cost throughput."""
+    lock = threading.Lock()
+    running = peak = 0
+
+    def call(_arg: int) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.0005)
+        with lock:
+            running -= 1
+
+    threads = ThreadHandoff(asyncio.get_running_loop(), call, threads=8, name="t")
+    try:
+        for _ in range(5):
+            await asyncio.gather(*(threads.submit(n) for n in range(8)))
+        peak = 0
+        await asyncio.gather(*(threads.submit(n) for n in range(40)))
+        assert peak >= 4, peak
+    finally:
+        threads.stop()

@@ -120,8 +120,8 @@ def test_reserved_headers_are_refused() -> None:
 
 def test_header_values_the_wire_cannot_carry_are_refused_with_the_types_it_can() -> None:
     SendOptions(headers={"ratio": 0.5, "tags": ["a", 1], "meta": {"n": None}, "raw": b"x"})
-    with pytest.raises(ConfigurationError, match=r"header 'when' cannot be sent \(a datetime value\); header values must be str, int, float"):
-        SendOptions(headers={"when": datetime.now(timezone.utc)})
+    with pytest.raises(ConfigurationError, match=r"header 'ids' cannot be sent \(a set value\); header values must be str, int, float"):
+        SendOptions(headers={"ids": {1, 2}})
     with pytest.raises(ConfigurationError, match="header 'n' cannot be sent .the integer 18446744073709551616 does not fit in 64 bits"):
         SendOptions(headers={"n": [2**64]})
     with pytest.raises(ConfigurationError, match="longer than AMQP's 255 bytes"):

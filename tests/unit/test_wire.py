@@ -74,3 +74,9 @@ def test_long_replaced_text_still_fits_a_shortstr() -> None:
     (key,) = kept
     assert len(key.encode()) <= 255
     encode.field_table(kept)
+
+
+def test_floats_are_written_as_doubles_so_copies_keep_their_value() -> None:
+    encoded = encode.encode_table_value({"ratio": 0.1, "list": [2.5]})
+    assert decode.field_table(encoded[1:])[1] == {"ratio": 0.1, "list": [2.5]}
+    assert encode.encode_table_value(0.1) == b"d" + struct.pack(">d", 0.1)
