@@ -19,7 +19,7 @@ from __future__ import annotations
 import calendar
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -151,6 +151,23 @@ def _frame(kind: int, channel: int, payload: bytes) -> bytes:
     return _FRAME_START.pack(kind, channel, len(payload)) + payload + FRAME_END
 
 
+def _octet(value: int) -> bytes:
+    return bytes((value,))
+
+
+# The properties Properties carries, in the order of their flag bits (the order on the wire).
+_PROPERTIES: tuple[tuple[int, str, Callable[[Any], bytes]], ...] = (
+    (_CONTENT_TYPE, "content_type", _shortstr),
+    (_HEADERS, "headers", _table),
+    (_DELIVERY_MODE, "delivery_mode", _octet),
+    (_PRIORITY, "priority", _octet),
+    (_CORRELATION_ID, "correlation_id", _shortstr),
+    (_REPLY_TO, "reply_to", _shortstr),
+    (_MESSAGE_ID, "message_id", _shortstr),
+    (_TIMESTAMP, "timestamp", _UINT64.pack),
+)
+
+
 def encode_publish(
     channel: int, exchange: str, routing_key: str, body: bytes, properties: Properties, frame_max: int, *, mandatory: bool = True
 ) -> bytes | None:
@@ -163,31 +180,11 @@ def encode_publish(
         method += b"\x01" if mandatory else b"\x00"
         flags = 0
         fields: list[bytes] = []
-        p = properties
-        if p.content_type is not None:
-            flags |= _CONTENT_TYPE
-            fields.append(_shortstr(p.content_type))
-        if p.headers is not None:
-            flags |= _HEADERS
-            fields.append(_table(p.headers))
-        if p.delivery_mode is not None:
-            flags |= _DELIVERY_MODE
-            fields.append(bytes((p.delivery_mode,)))
-        if p.priority is not None:
-            flags |= _PRIORITY
-            fields.append(bytes((p.priority,)))
-        if p.correlation_id is not None:
-            flags |= _CORRELATION_ID
-            fields.append(_shortstr(p.correlation_id))
-        if p.reply_to is not None:
-            flags |= _REPLY_TO
-            fields.append(_shortstr(p.reply_to))
-        if p.message_id is not None:
-            flags |= _MESSAGE_ID
-            fields.append(_shortstr(p.message_id))
-        if p.timestamp is not None:
-            flags |= _TIMESTAMP
-            fields.append(_UINT64.pack(p.timestamp))
+        for flag, name, encode in _PROPERTIES:
+            value = getattr(properties, name)
+            if value is not None:
+                flags |= flag
+                fields.append(encode(value))
     except (_Unsupported, ValueError, OverflowError, struct.error, UnicodeError):
         return None
     header = _HEADER_START.pack(BASIC_CLASS, 0, len(body), flags) + b"".join(fields)

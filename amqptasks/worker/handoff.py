@@ -2,15 +2,15 @@
 
 Both directions are coalesced, because every thread wake-up costs a system call and a GIL hand-over:
 
-* **To the threads**: while recent calls have been quick and CPU-bound (moving averages: under
-  ``nudge_after`` of wall time, under a tenth of it not on the CPU), work submitted during one
-  loop turn wakes *one* idle thread, and a thread that finishes a call takes the next waiting one
-  itself: under the GIL, more threads would only take turns. Another thread is woken only while every busy thread has been
+* **To the threads**: while recent calls have been quick (a moving average under :data:`QUICK`),
+  work submitted during one loop turn wakes *one* idle thread, and a thread that finishes a call
+  takes the next waiting one itself: under the GIL, more threads would only take turns. Another thread is woken only while every busy thread has been
   on its current call for longer than ``nudge_after`` (a task that blocks on I/O or sleeps),
   checked at each loop turn that submits and by a timer while work waits. So a burst of quick
   tasks runs on one thread with one wake-up, and a slow one delays the work behind it by at most
   ``nudge_after``. Until calls are known to be quick, or once they are not (a database call of
-  half a millisecond waits, not computes), every waiting call gets a thread of its own at once.
+  half a millisecond probably waits rather than computes), every waiting call gets a thread of
+  its own at once.
 * **Back to the loop**: finished results are collected under the lock and delivered with one
   ``call_soon_threadsafe`` per burst, instead of ``run_in_executor``'s wake-up per task.
 
@@ -32,6 +32,7 @@ ArgT = TypeVar("ArgT")
 ResultT = TypeVar("ResultT")
 
 NUDGE_AFTER = 0.001  # seconds a call may run before waiting work wakes another thread
+QUICK = 0.00025  # seconds: calls shorter than this on average are run one burst per thread
 
 
 class ThreadHandoff(Generic[ArgT, ResultT]):
@@ -55,9 +56,7 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
         self._idle = 0  # threads waiting on self._wake
         self._woken = 0  # notified, not yet running (counted so one burst wakes one thread)
         self._since: dict[int, float] = {}  # thread ident -> when its current call started
-        # Moving averages of recent calls: wall time, and wall time not spent on the CPU (I/O, sleep).
-        # They start as "slow", so the first calls get a thread each.
-        self._typical_wall = self._typical_blocked = float("inf")
+        self._typical = float("inf")  # recent calls' duration, a moving average; "slow" until known
         self._finished: list[tuple[asyncio.Future[ResultT | None], ResultT | None, BaseException | None]] = []
         self._stopping = False
         self._kick_scheduled = False  # touched on the loop only
@@ -122,9 +121,10 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
         self._kick()
 
     def _quick(self) -> bool:
-        """Recent calls ran briefly and without blocking (their wall time was almost all CPU time):
-        one thread runs them faster than several taking turns at the GIL."""
-        return self._typical_wall < self._nudge_after and self._typical_blocked < self._nudge_after / 10
+        """Recent calls were so short that one thread runs a burst of them faster than several
+        taking turns at the GIL. Longer ones, even of half a millisecond, may wait on I/O: those
+        get a thread each. (Their CPU time cannot tell: a call also waits for the GIL.)"""
+        return self._typical < QUICK
 
     def _run(self) -> None:
         me = threading.get_ident()
@@ -139,18 +139,14 @@ class ThreadHandoff(Generic[ArgT, ResultT]):
                     return
                 arg, future = self._waiting.popleft()
                 self._since[me] = started = time.monotonic()
-            cpu = time.thread_time()
             error: BaseException | None = None
             try:
                 result = self._fn(arg)
             except BaseException as exc:  # delivered to the waiter; the thread lives on
                 result, error = None, exc
-            cpu = time.thread_time() - cpu
             with self._lock:
-                wall = time.monotonic() - started
                 del self._since[me]
-                self._typical_wall = _average(self._typical_wall, wall)
-                self._typical_blocked = _average(self._typical_blocked, max(0.0, wall - cpu))
+                self._typical = _average(self._typical, time.monotonic() - started)
                 self._finished.append((future, result, error))
                 first = len(self._finished) == 1
             if first:  # the loop has not been woken for this batch yet

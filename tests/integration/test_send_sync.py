@@ -327,6 +327,19 @@ def test_messages_larger_than_the_socket_takes_at_once_arrive_whole(app: App, un
     assert bodies == ["before", *texts, "after"]
 
 
+def count_calls(owner: Any, name: str) -> list[int]:
+    """Count calls of ``owner.name`` (patched on the instance); the count is in the returned cell."""
+    calls = [0]
+    original = getattr(owner, name)
+
+    def counting(*args: Any) -> Any:
+        calls[0] += 1
+        return original(*args)
+
+    setattr(owner, name, counting)
+    return calls
+
+
 def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str) -> None:
     """Guards the fast path of a single send (sync/direct.py): a pika upgrade must not turn it off unnoticed."""
 
@@ -339,29 +352,13 @@ def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str
     (producer,) = app._sync._state.all
     direct = producer.direct
     assert direct._transport is not None, "pika internals changed: single sends fall back to the slower I/O loop"
-    polls = 0
-    loop_poll = producer.connection._impl.ioloop._poller.poll
-
-    def counting_poll() -> Any:
-        nonlocal polls
-        polls += 1
-        return loop_poll()
-
     impl = producer.connection._impl
-    impl.ioloop._poller.poll = counting_poll
-    pika_reads = 0
-    pika_read = impl._on_data_available
-
-    def counting_read(data: bytes) -> None:
-        nonlocal pika_reads
-        pika_reads += 1
-        pika_read(data)
-
-    impl._on_data_available = counting_read
+    polls = count_calls(impl.ioloop._poller, "poll")
+    pika_reads = count_calls(impl, "_on_data_available")
     for i in range(50):
         add.delay(i, i)
-    assert polls < 10, f"pika's loop ran {polls} times for 50 single sends"
-    assert pika_reads < 10, f"pika's reader parsed {pika_reads} reads for 50 single sends (the acks are read directly)"
+    assert polls[0] < 10, f"pika's loop ran {polls[0]} times for 50 single sends"
+    assert pika_reads[0] < 10, f"pika's reader parsed {pika_reads[0]} reads for 50 single sends (the acks are read directly)"
 
 
 def test_pikas_timers_run_while_direct_reads_keep_succeeding(app: App, unique: str) -> None:
@@ -374,20 +371,11 @@ def test_pikas_timers_run_while_direct_reads_keep_succeeding(app: App, unique: s
     add.delay(0, 0)
     assert app._sync is not None
     (producer,) = app._sync._state.all
-    ioloop = producer.connection._impl.ioloop
-    turns = 0
-    process_timeouts = ioloop.process_timeouts
-
-    def counting() -> None:
-        nonlocal turns
-        turns += 1
-        process_timeouts()
-
-    ioloop.process_timeouts = counting
+    turns = count_calls(producer.connection._impl.ioloop, "process_timeouts")
     end = time.monotonic() + 2.5
     while time.monotonic() < end:
         add.delay(1, 1)
-    assert turns >= 2, f"pika's loop ran {turns} times in 2.5 s of sends"
+    assert turns[0] >= 2, f"pika's loop ran {turns[0]} times in 2.5 s of sends"
 
 
 # --- reconnects -----------------------------------------------------------------------------------
