@@ -307,6 +307,13 @@ def test_send_many_reports_the_unroutable_one_and_sends_the_rest(app: App, uniqu
     assert wait_count(channel, f"{unique}.plain", 2) == 2
 
 
+def only_producer(app: App) -> Any:
+    """The app's one sync producer (opened by a send before)."""
+    assert app._sync is not None
+    (producer,) = app._sync._state.all
+    return producer
+
+
 def test_messages_larger_than_the_socket_takes_at_once_arrive_whole(app: App, unique: str, channel: Any) -> None:
     """A write the socket takes only in part hands the rest to pika's writer, in order."""
 
@@ -315,8 +322,7 @@ def test_messages_larger_than_the_socket_takes_at_once_arrive_whole(app: App, un
         return text
 
     echo.delay("before")  # opens the producer
-    assert app._sync is not None
-    (producer,) = app._sync._state.all
+    producer = only_producer(app)
     sock = producer.connection._impl._transport._sock
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # so that writes are taken in part
     texts = [f"{i:02d}" + chr(ord("a") + i) * 1_500_000 for i in range(6)]  # 9 MB in one send_many
@@ -348,8 +354,7 @@ def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str
         return x + y
 
     add.delay(1, 1)
-    assert app._sync is not None
-    (producer,) = app._sync._state.all
+    producer = only_producer(app)
     direct = producer.direct
     assert direct._transport is not None, "pika internals changed: single sends fall back to the slower I/O loop"
     impl = producer.connection._impl
@@ -369,8 +374,7 @@ def test_pikas_timers_run_while_direct_reads_keep_succeeding(app: App, unique: s
         return x + y
 
     add.delay(0, 0)
-    assert app._sync is not None
-    (producer,) = app._sync._state.all
+    producer = only_producer(app)
     turns = count_calls(producer.connection._impl.ioloop, "process_timeouts")
     end = time.monotonic() + 2.5
     while time.monotonic() < end:
