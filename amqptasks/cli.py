@@ -175,6 +175,9 @@ def worker_command(
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="debug, info, warning or error.")] = "info",
     grace: Annotated[float, typer.Option("--grace", help="Seconds running tasks get to finish on SIGTERM.")] = 30.0,
     burst: Annotated[bool, typer.Option("--burst", help="Drain the queues, then exit 0.")] = False,
+    inline: Annotated[bool, typer.Option("--inline/--no-inline",
+                      help="Run a plain-function task on the event loop once it has proven instant "
+                           "(32 calls in a row under 0.1 ms); --no-inline: always on a thread.")] = True,
 ) -> None:
     """Consume tasks: prefetch, late acks, replies, dead-letters, graceful shutdown, reconnects."""
     from amqptasks.worker.command import exec_worker
@@ -183,7 +186,7 @@ def worker_command(
     exec_worker(
         app=app, queues=queues, processes=processes, threads=threads, prefetch=prefetch, broker=broker,
         topology=[str(path) for path in topology] if topology else None, loglevel=loglevel, grace=grace,
-        burst=burst,
+        burst=burst, inline=inline,
     )
 
 

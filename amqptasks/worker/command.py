@@ -26,6 +26,7 @@ def load_worker(options: Mapping[str, Any]) -> tuple[App, WorkerConfig]:
         prefetch=options["prefetch"],
         grace=options["grace"],
         burst=options["burst"],
+        inline=options.get("inline", True),
     )
     app = load_app(app_reference(options["app"], cwd), cwd)
     if options["broker"] or options["topology"]:

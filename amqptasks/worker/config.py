@@ -14,7 +14,7 @@ DEFAULT_PREFETCH_PER_THREAD = 4
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    """How one worker runs: which queues, how many processes and threads, prefetch, grace, burst."""
+    """How one worker runs: which queues, how many processes and threads, prefetch, grace, burst, inline."""
 
     queues: tuple[str, ...] = ("celery",)
     processes: int = 0  # 0: one per CPU
@@ -22,6 +22,7 @@ class WorkerConfig:
     prefetch: int = 0  # 0: threads * DEFAULT_PREFETCH_PER_THREAD
     grace: float = 30.0
     burst: bool = False
+    inline: bool = True  # plain tasks proven instant run on the event loop (worker/inline.py)
 
     def __post_init__(self) -> None:
         queues = tuple(q.strip() for q in self.queues if q.strip())

@@ -30,8 +30,9 @@ from amqptasks.errors import BrokerUnavailable
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.execute import Attempt, Prepared, prepare, run_async, run_sync
 from amqptasks.worker.acks import AckSender
-from amqptasks.worker.copies import CopyPublisher, to_pamqp
+from amqptasks.worker.copies import CopyPublisher
 from amqptasks.worker.handoff import ThreadHandoff
+from amqptasks.worker.inline import InlinePolicy, LoopWatchdog
 from amqptasks.worker.replies import ReplyPublisher
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class Consumer:
         self.config = config
         self.name = name
         self._threads: ThreadHandoff[Prepared, Attempt] | None = None  # started with the first plain task
+        self._inline = InlinePolicy(enabled=config.inline)  # plain tasks proven instant run on the loop
+        self._watchdog = LoopWatchdog()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._targets = {queue: dead_letter_target(topology, queue) for queue in config.queues}
@@ -243,7 +246,7 @@ class Consumer:
         if log.isEnabledFor(logging.INFO):
             log.info("Received task: %s[%s]", message.task, message.id)
         started = time.perf_counter()
-        attempt = await self._execute(prepared)
+        attempt = await self._execute(prepared, redelivered=bool(delivery.delivery.redelivered))
         if attempt is None:  # stopped before it could start
             await self._release(delivery)
             return
@@ -279,14 +282,27 @@ class Consumer:
             )
         await self._ack(delivery)
 
-    async def _execute(self, prepared: Prepared) -> Attempt | None:
+    async def _execute(self, prepared: Prepared, redelivered: bool) -> Attempt | None:
         if prepared.task.is_async:
             return await run_async(prepared)
         if self._stopping.is_set():
             return None
+        name = prepared.message.task
+        if self._inline.runs_inline(name, redelivered):  # see worker/inline.py
+            self._watchdog.enter(f"task {name}[{prepared.message.id}]")
+            try:
+                attempt = run_sync(prepared)
+            finally:
+                self._watchdog.leave()
+            if self._inline.ran_inline(name, attempt.seconds):
+                log.info("Task %s took %.1f ms on the event loop; it runs on a thread from now on", name, attempt.seconds * 1000)
+            return attempt
         if self._threads is None:
             self._threads = ThreadHandoff(asyncio.get_running_loop(), run_sync, self.config.threads, self.name)
-        return await self._threads.submit(prepared)
+        threaded = await self._threads.submit(prepared)
+        if threaded is not None:
+            self._inline.ran_on_thread(name, threaded.seconds)
+        return threaded
 
     async def _reject_expired(
         self,
@@ -319,7 +335,7 @@ class Consumer:
         body, properties = encode_result(outcome)
         assert self._replies is not None
         # Its own connection (worker/replies.py); sent before the ack is queued.
-        await self._replies.publish(reply_to, body, to_pamqp(properties), outcome.task_id)
+        await self._replies.publish(reply_to, body, properties, outcome.task_id)
 
     def _end_session(self, delivery: aiormq.abc.DeliveredMessage, reason: str) -> None:
         if not self._stale(delivery) and self._lost is not None and not self._lost.done():

@@ -20,24 +20,12 @@ from pamqp import commands as spec
 from amqptasks.aio import wire
 from amqptasks.core.deadletter import DeadLetterTarget, fallback_queue
 from amqptasks.core.delays import delay_routing_key, entry_exchange
-from amqptasks.core.envelope import Properties, dead_letter_headers, retry_headers
+from amqptasks.core.envelope import dead_letter_headers, retry_headers
 from amqptasks.core.retry import Retry
 from amqptasks.errors import AmqpTasksError
 from amqptasks.settings import Settings
 
 log = logging.getLogger("amqptasks.worker")
-
-
-def to_pamqp(properties: Properties) -> spec.Basic.Properties:
-    return spec.Basic.Properties(
-        content_type=properties.content_type,
-        delivery_mode=properties.delivery_mode,
-        message_id=properties.message_id,
-        correlation_id=properties.correlation_id,
-        reply_to=properties.reply_to,
-        priority=properties.priority,
-        headers=dict(properties.headers),
-    )
 
 
 def republished(

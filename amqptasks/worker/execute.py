@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import traceback as tb
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -104,21 +105,23 @@ class Attempt:
 
     outcome: Outcome
     error: BaseException | None = None
+    seconds: float = 0.0  # how long a plain function ran (where it ran decides where it runs next)
 
 
-def _failed(task_id: str, exc: BaseException) -> Attempt:
+def _failed(task_id: str, exc: BaseException, seconds: float = 0.0) -> Attempt:
     # A retry request reports the error that caused it, if it names one.
     shown = exc.exc if isinstance(exc, TaskRetry) and exc.exc is not None else exc
-    return Attempt(failure(task_id, *describe_exception(shown)), exc)
+    return Attempt(failure(task_id, *describe_exception(shown)), exc, seconds)
 
 
 def run_sync(prepared: Prepared) -> Attempt:
     """Call a plain function task; any exception becomes a FAILURE outcome."""
+    started = time.perf_counter()
     try:
         value = prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
     except BaseException as exc:  # a task's failure is data; even sys.exit() must not end the thread
-        return _failed(prepared.message.id, exc)
-    return Attempt(success(prepared.message.id, value))
+        return _failed(prepared.message.id, exc, time.perf_counter() - started)
+    return Attempt(success(prepared.message.id, value), None, time.perf_counter() - started)
 
 
 async def run_async(prepared: Prepared) -> Attempt:

@@ -1,0 +1,63 @@
+"""Plain-function tasks on the event loop (worker/inline.py), seen from a real worker: where each call ran."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amqptasks.worker.inline import PROMOTE_AFTER
+from tests.integration.test_worker import close_app, import_tasks, workdir  # noqa: F401  (a fixture)
+from tests.integration.workerproc import running_worker, wait_for, write_app
+
+TASKS = """
+import threading
+
+@app.task(queue=QUEUE)
+def where(seconds):
+    if seconds:
+        time.sleep(seconds)
+    return threading.current_thread().name
+"""
+
+CALLS = PROMOTE_AFTER + 10
+
+
+def on_a_thread(name: str) -> bool:
+    return "-task-" in name  # the hand-off's threads: Worker-N-task-I
+
+
+@pytest.mark.timeout(60)
+def test_an_instant_task_moves_to_the_loop_and_back_to_threads_once_it_blocks(
+    workdir: tuple[Path, str], broker_url: str  # noqa: F811
+) -> None:
+    directory, queue = workdir
+    write_app(directory, "wk_inline", queue, f"QUEUE = {queue!r}\n" + TASKS)
+    with running_worker(directory, broker_url, "wk_inline", queue) as worker:
+        tasks = import_tasks(directory, "wk_inline")
+        try:
+            names = [tasks.where.delay(0).get(timeout=10) for _ in range(CALLS)]
+            assert all(on_a_thread(name) for name in names[:PROMOTE_AFTER]), names
+            assert names[-1] == "MainThread", names  # the consumer's loop thread
+            # Blocking on the loop once (5 ms): that call ran there, every later one on a thread.
+            assert tasks.where.delay(0.005).get(timeout=10) == "MainThread"
+            after = [tasks.where.delay(0).get(timeout=10) for _ in range(CALLS)]
+            assert all(on_a_thread(name) for name in after), after
+        finally:
+            close_app(tasks)
+        assert wait_for(lambda: "on the event loop; it runs on a thread from now on" in worker.log, 5), worker.log
+        assert "Task wk_inline.where took 5." in worker.log
+    assert worker.exit_code == 0
+
+
+@pytest.mark.timeout(60)
+def test_no_inline_keeps_every_call_on_a_thread(workdir: tuple[Path, str], broker_url: str) -> None:  # noqa: F811
+    directory, queue = workdir
+    write_app(directory, "wk_no_inline", queue, f"QUEUE = {queue!r}\n" + TASKS)
+    with running_worker(directory, broker_url, "wk_no_inline", queue, "--no-inline"):
+        tasks = import_tasks(directory, "wk_no_inline")
+        try:
+            names = [tasks.where.delay(0).get(timeout=10) for _ in range(CALLS)]
+        finally:
+            close_app(tasks)
+    assert all(on_a_thread(name) for name in names), names
