@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aio_pika
 import aiormq.exceptions
 
 from amqptasks.aio import wire
+from amqptasks.aio.tap import DeliveryTap, TapFactory
 from amqptasks.errors import BrokerUnavailable
 from amqptasks.settings import Settings, find_tls_error
 
@@ -18,8 +20,27 @@ def _url_with_name(settings: Settings, name: str) -> str:
     return f"{settings.broker_url}{separator}heartbeat={settings.heartbeat}&name={name}"
 
 
-async def aconnect(settings: Settings, name: str, *, robust: bool = False) -> aio_pika.abc.AbstractConnection:
-    """An aio-pika connection (robust: reconnects and replays declarations), or BrokerUnavailable."""
+class TappedConnection(aio_pika.Connection):
+    """aio-pika's connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it (the worker's)."""
+
+    def __init__(self, url: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        super().__init__(url, loop=loop, **kwargs)
+        self._tap_factory = TapFactory()
+        self.kwargs["transport_factory"] = self._tap_factory  # passed on to aiormq's Connection
+
+    @property
+    def tap(self) -> DeliveryTap:
+        """The connection's tap, bound to its aiormq connection."""
+        tap = self._tap_factory.tap
+        if tap is None or self.transport is None:
+            raise RuntimeError("the connection is not open")
+        tap.bind(self.transport.connection)
+        return tap
+
+
+async def aconnect(settings: Settings, name: str, *, robust: bool = False, tapped: bool = False) -> aio_pika.abc.AbstractConnection:
+    """An aio-pika connection (robust: reconnects and replays declarations; tapped: a
+    :class:`TappedConnection`), or BrokerUnavailable."""
     # Every aio connection, worker or producer, decodes and encodes through the fixed pamqp:
     # a bad frame must not close it, and a header such as {"delta": -1} must encode (aio/wire.py).
     wire.install()
@@ -28,7 +49,12 @@ async def aconnect(settings: Settings, name: str, *, robust: bool = False) -> ai
     try:
         return await asyncio.wait_for(
             # ssl_context: None for amqp://; for amqps:// the configured CA / client certificate.
-            factory(_url_with_name(settings, name), timeout=settings.connect_timeout, ssl_context=settings.ssl_context()),
+            factory(
+                _url_with_name(settings, name),
+                timeout=settings.connect_timeout,
+                ssl_context=settings.ssl_context(),
+                **({"connection_class": TappedConnection} if tapped else {}),
+            ),
             timeout=settings.connect_timeout + 1,
         )
     except aiormq.exceptions.ProbableAuthenticationError:

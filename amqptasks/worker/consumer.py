@@ -7,9 +7,13 @@ a dead letter goes comes from :mod:`amqptasks.core.deadletter`.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiormq
@@ -40,6 +44,31 @@ if TYPE_CHECKING:
     from amqptasks.core.topology import Topology
 
 log = logging.getLogger("amqptasks.worker")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A delivery's task, ready to run, and where its reply goes."""
+
+    prepared: Prepared
+    reply_to: str | bytes | None
+
+
+@dataclass(frozen=True)
+class Ran:
+    """A delivery's task that has run: what is left is to reply, ack, retry or dead-letter."""
+
+    decoded: Decoded
+    started: float  # perf_counter() when it started
+    attempt: Attempt
+
+
+class Done(enum.Enum):
+    DONE = "settled"
+
+
+DONE = Done.DONE  # a delivery settled on the loop, nothing left for a task
+Resume = Decoded | Ran | Exception | None  # where a delivery's task goes on from (None: the start)
 
 # Connection-level failures after which we reconnect rather than crash.
 RECOVERABLE = (
@@ -112,7 +141,9 @@ class Consumer:
 
         if self._replies is None:
             self._replies = ReplyPublisher(self.app.settings, f"amqptasks worker {self.app.main} {self.name}")
-        connection = await aconnect(self.app.settings, f"amqptasks worker {self.app.main} {self.name} pid={os.getpid()}")
+        connection = await aconnect(
+            self.app.settings, f"amqptasks worker {self.app.main} {self.name} pid={os.getpid()}", tapped=True
+        )
         self._lost = lost = asyncio.get_running_loop().create_future()
 
         def on_close(_sender: Any, exc: BaseException | None = None) -> None:
@@ -134,9 +165,13 @@ class Consumer:
             # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
             await self._consume.basic_qos(prefetch_count=self.config.prefetch, global_=False)
             tags: dict[str, str] = {}
+            tap = connection.tap  # type: ignore[attr-defined]
             for queue in self.config.queues:
-                ok = await self._consume.basic_consume(queue, self._callback_for(queue), no_ack=False)
-                tags[ok.consumer_tag] = queue
+                tag = f"amqptasks-{uuid.uuid4().hex}"
+                # Deliveries come straight off the socket (aio/tap.py); aiormq's callback is the same path.
+                tap.take(self._consume, tag, self._taker_for(queue))
+                await self._consume.basic_consume(queue, self._callback_for(queue), no_ack=False, consumer_tag=tag)
+                tags[tag] = queue
             log.info("%s consuming from %s", self.name, ", ".join(self.config.queues))
             self._consumed_since_loss = True
             stop_wait = asyncio.ensure_future(self._stopping.wait())
@@ -209,12 +244,14 @@ class Consumer:
     # --- one delivery ------------------------------------------------------------------------
 
     def _callback_for(self, queue: str) -> Any:
-        async def on_message(delivery: aiormq.abc.DeliveredMessage) -> None:
+        async def on_message(delivery: aiormq.abc.DeliveredMessage, resume: Resume = None) -> None:
             task = asyncio.current_task()
             assert task is not None
             self._inflight.add(task)
             try:
-                await self._handle(delivery, queue)
+                if isinstance(resume, Exception):  # raised on the loop (see _taker_for): handled below
+                    raise resume
+                await self._handle(delivery, queue, resume)
             except RECOVERABLE as exc:
                 # Unsettled: end this session (if it is still the delivery's); closing the connection
                 # returns the message to the queue. Never leave it holding a prefetch slot.
@@ -226,39 +263,77 @@ class Consumer:
 
         return on_message
 
-    async def _handle(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> None:
-        props = delivery.header.properties
-        reply_to = wire.text(props.reply_to)  # bytes when it was not UTF-8 (aio/wire.py)
+    def _taker_for(self, queue: str) -> Callable[[aiormq.abc.DeliveredMessage], None]:
+        """The tap's callback (aio/tap.py): called on the loop as a delivery comes off the socket.
+
+        A plain task proven instant (worker/inline.py) runs right here, and when it succeeded its
+        reply and ack are written before this returns: no task, no loop turn in between. Anything
+        else goes on in a task from where this stopped: a task that ran is never run again."""
+        on_message = self._callback_for(queue)
+        loop = asyncio.get_running_loop()
+
+        def take(delivery: aiormq.abc.DeliveredMessage) -> None:
+            try:
+                resume = self._handle_now(delivery, queue)
+            except Exception as exc:
+                resume = exc
+            if resume is not DONE:
+                loop.create_task(on_message(delivery, resume))  # the loop holds it until it is in _inflight
+
+        return take
+
+    def _handle_now(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> Resume | Done:
+        """What can be done without waiting: DONE, or where the task in on_message goes on from."""
+        redelivered = bool(delivery.delivery.redelivered)
+        if redelivered or not self._inline.has_inline or self._stopping.is_set():
+            return None  # a redelivered message always runs on a thread (worker/inline.py)
         try:
-            message = decode_task(
-                delivery.body, props.headers, content_type=props.content_type, reply_to=reply_to, priority=props.priority
-            )
-            prepared = prepare(self.app, message, redelivered=bool(delivery.delivery.redelivered), queue=queue)
-        except PoisonMessage as poison:
-            await self._reject_poison(delivery, queue, poison, reply_to)
-            return
-        if self._stopping.is_set():
-            await self._release(delivery)
-            return
+            decoded = self._decode(delivery, queue)
+        except PoisonMessage:
+            return None  # on_message reports it
+        message = decoded.prepared.message
+        if decoded.prepared.task.is_async or not self._inline.runs_inline(message.task, redelivered):
+            return decoded
         if message.expires_ms is not None and time.time() * 1000 > message.expires_ms:
-            await self._reject_expired(delivery, queue, message.id, message.task, reply_to, prepared)
-            return
+            return decoded
         if log.isEnabledFor(logging.INFO):
             log.info("Received task: %s[%s]", message.task, message.id)
-        started = time.perf_counter()
-        attempt = await self._execute(prepared, redelivered=bool(delivery.delivery.redelivered))
-        if attempt is None:  # stopped before it could start
-            await self._release(delivery)
+        ran = Ran(decoded, time.perf_counter(), self._run_inline(decoded.prepared))
+        outcome = ran.attempt.outcome
+        if not outcome.successful or self._stale(delivery):
+            return ran
+        if decoded.reply_to and not decoded.prepared.task.options.ignore_result:
+            assert self._replies is not None
+            body, properties = encode_result(outcome)
+            if not self._replies.publish_now(decoded.reply_to, body, properties, outcome.task_id):
+                return ran
+        self._succeeded(ran)
+        self._acks.ack(delivery.delivery.delivery_tag)  # type: ignore[union-attr]  # not stale: there are acks
+        return DONE
+
+    def _decode(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> Decoded:
+        """The task a delivery asks for and where its reply goes; PoisonMessage if it cannot run."""
+        props = delivery.header.properties
+        reply_to = wire.text(props.reply_to)  # bytes when it was not UTF-8 (aio/wire.py)
+        message = decode_task(
+            delivery.body, props.headers, content_type=props.content_type, reply_to=reply_to, priority=props.priority
+        )
+        return Decoded(prepare(self.app, message, redelivered=bool(delivery.delivery.redelivered), queue=queue), reply_to)
+
+    async def _handle(self, delivery: aiormq.abc.DeliveredMessage, queue: str, resume: Decoded | Ran | None) -> None:
+        ran = resume if isinstance(resume, Ran) else await self._run(delivery, queue, resume)
+        if ran is None:  # settled without running (poison, expired, stopping)
             return
+        prepared, reply_to, attempt = ran.decoded.prepared, ran.decoded.reply_to, ran.attempt
+        message = prepared.message
         if self._stale(delivery):
             log.info("Task %s[%s] finished after its connection was replaced; the broker redelivers it", message.task, message.id)
             return
         outcome = attempt.outcome
-        elapsed = time.perf_counter() - started
         if outcome.successful:
-            if log.isEnabledFor(logging.INFO):
-                log.info("Task %s[%s] succeeded in %.6fs: %.200r", message.task, message.id, elapsed, outcome.value)
+            self._succeeded(ran)
         else:
+            elapsed = time.perf_counter() - ran.started
             decision = decide_for_task(prepared.task.options, retries=message.retries, error=attempt.error)
             if isinstance(decision, Retry):
                 await self._copy.retry(delivery, queue, decision)
@@ -282,6 +357,36 @@ class Consumer:
             )
         await self._ack(delivery)
 
+    async def _run(self, delivery: aiormq.abc.DeliveredMessage, queue: str, decoded: Decoded | None) -> Ran | None:
+        """Decode (unless done already) and run the delivery's task; None if settled without running."""
+        if decoded is None:
+            try:
+                decoded = self._decode(delivery, queue)
+            except PoisonMessage as poison:
+                await self._reject_poison(delivery, queue, poison, wire.text(delivery.header.properties.reply_to))
+                return None
+        message = decoded.prepared.message
+        if self._stopping.is_set():
+            await self._release(delivery)
+            return None
+        if message.expires_ms is not None and time.time() * 1000 > message.expires_ms:
+            await self._reject_expired(delivery, queue, message.id, message.task, decoded.reply_to, decoded.prepared)
+            return None
+        if log.isEnabledFor(logging.INFO):
+            log.info("Received task: %s[%s]", message.task, message.id)
+        started = time.perf_counter()
+        attempt = await self._execute(decoded.prepared, redelivered=bool(delivery.delivery.redelivered))
+        if attempt is None:  # stopped before it could start
+            await self._release(delivery)
+            return None
+        return Ran(decoded, started, attempt)
+
+    @staticmethod
+    def _succeeded(ran: Ran) -> None:
+        if log.isEnabledFor(logging.INFO):
+            message, value = ran.decoded.prepared.message, ran.attempt.outcome.value
+            log.info("Task %s[%s] succeeded in %.6fs: %.200r", message.task, message.id, time.perf_counter() - ran.started, value)
+
     async def _execute(self, prepared: Prepared, redelivered: bool) -> Attempt | None:
         if prepared.task.is_async:
             return await run_async(prepared)
@@ -289,20 +394,25 @@ class Consumer:
             return None
         name = prepared.message.task
         if self._inline.runs_inline(name, redelivered):  # see worker/inline.py
-            self._watchdog.enter(f"task {name}[{prepared.message.id}]")
-            try:
-                attempt = run_sync(prepared)
-            finally:
-                self._watchdog.leave()
-            if self._inline.ran_inline(name, attempt.seconds):
-                log.info("Task %s took %.1f ms on the event loop; it runs on a thread from now on", name, attempt.seconds * 1000)
-            return attempt
+            return self._run_inline(prepared)
         if self._threads is None:
             self._threads = ThreadHandoff(asyncio.get_running_loop(), run_sync, self.config.threads, self.name)
         threaded = await self._threads.submit(prepared)
         if threaded is not None:
             self._inline.ran_on_thread(name, threaded.seconds)
         return threaded
+
+    def _run_inline(self, prepared: Prepared) -> Attempt:
+        """A plain function on the loop, watched (worker/inline.py)."""
+        name = prepared.message.task
+        self._watchdog.enter(f"task {name}[{prepared.message.id}]")
+        try:
+            attempt = run_sync(prepared)
+        finally:
+            self._watchdog.leave()
+        if self._inline.ran_inline(name, attempt.seconds):
+            log.info("Task %s took %.1f ms on the event loop; it runs on a thread from now on", name, attempt.seconds * 1000)
+        return attempt
 
     async def _reject_expired(
         self,

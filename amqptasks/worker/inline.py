@@ -42,6 +42,11 @@ class InlinePolicy:
         self._inline: set[str] = set()
         self._demoted: set[str] = set()
 
+    @property
+    def has_inline(self) -> bool:
+        """Whether any task runs on the loop yet."""
+        return bool(self._inline)
+
     def runs_inline(self, task: str, redelivered: bool) -> bool:
         """Run this delivery of ``task`` on the loop?"""
         return task in self._inline and not redelivered

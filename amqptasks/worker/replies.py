@@ -7,9 +7,10 @@ bad message would come back and do it again: one message anyone can send would b
 re-runs (found by tests/faults/test_poison.py). On this connection a bad address costs only that
 reply; the connection is opened again for the next one.
 
-A reply's frames are encoded by core/frames.py and queued for aiormq's writer as they are: an RPC
-caller waits for exactly this write, and aiormq's ``basic_publish`` (pamqp objects, a lock, a
-marshal per frame) was a third of the worker's own time per round trip.
+A reply's frames are encoded by core/frames.py and written to the socket at once (aio/tap.py),
+behind anything aiormq has queued: an RPC caller waits for exactly this write, and aiormq's
+``basic_publish`` (pamqp objects, a lock, a marshal per frame, a hop to its writer task) was a
+third of the worker's own time per round trip.
 """
 
 from __future__ import annotations
@@ -39,27 +40,44 @@ class ReplyPublisher:
         self._name = name
         self._connection: Any = None
         self._channel: Any = None
+        self._tap: Any = None  # the connection's DeliveryTap (aio/tap.py): writes without a hop
         self._opening = asyncio.Lock()
+
+    def publish_now(self, reply_to: str | bytes, body: bytes, properties: Properties, task_id: str) -> bool:
+        """Send one reply if that needs no waiting: True once it is written or queued (or lost,
+        logged); False if it needs :meth:`publish` (no connection yet, or aiormq's queue is full)."""
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            return False
+        try:
+            frames = self._frames(channel, reply_to, body, properties)
+        except (TypeError, ValueError) as exc:
+            self._lost(task_id, reply_to, exc)
+            return True
+        # Written now, behind whatever aiormq has queued on this connection (aio/tap.py).
+        return bool(self._tap.write(frames))
 
     async def publish(self, reply_to: str | bytes, body: bytes, properties: Properties, task_id: str) -> None:
         """Send one reply; on any failure log it (naming the task) and drop the connection it used."""
+        if self.publish_now(reply_to, body, properties, task_id):
+            return
         used: Any = None
         try:
-            channel = self._channel
-            if channel is not None and not channel.is_closed and not channel.write_queue.full():
-                # Open, with room to queue: nothing here can wait.
-                channel.write_queue.put_nowait(self._frames(channel, reply_to, body, properties))
-                return
             # Bounded: a publish on a connection the broker just closed can otherwise wait forever.
             async with asyncio.timeout(self._settings.confirm_timeout):
                 used, channel = await self._open()
-                await channel.write_queue.put(self._frames(channel, reply_to, body, properties))
+                frames = self._frames(channel, reply_to, body, properties)
+                await channel.write_queue.put(ChannelFrame(payload=frames, should_close=False))
         except Exception as exc:  # whatever a reply does, it must not fail the task that produced it
-            log.warning("the reply for task %s to %r was lost (%s)", task_id, reply_to[:120], f"{type(exc).__name__}: {exc}"[:200])
+            self._lost(task_id, reply_to, exc)
             await self._drop(used)
 
     @staticmethod
-    def _frames(channel: Any, reply_to: str | bytes, body: bytes, properties: Properties) -> ChannelFrame:
+    def _lost(task_id: str, reply_to: str | bytes, exc: BaseException) -> None:
+        log.warning("the reply for task %s to %r was lost (%s)", task_id, reply_to[:120], f"{type(exc).__name__}: {exc}"[:200])
+
+    @staticmethod
+    def _frames(channel: Any, reply_to: str | bytes, body: bytes, properties: Properties) -> bytes:
         if not isinstance(reply_to, str):  # not UTF-8 (aio/wire.py keeps such values as bytes)
             raise TypeError("reply_to is not valid UTF-8")
         if len(reply_to.encode()) > 255:
@@ -69,22 +87,22 @@ class ReplyPublisher:
         )
         if data is None:  # cannot happen: a reply's only header is the protocol version
             raise ValueError("the reply's properties could not be encoded")
-        return ChannelFrame(payload=data, should_close=False)
+        return data
 
     async def _open(self) -> tuple[Any, Any]:
         async with self._opening:
             if self._channel is None or self._channel.is_closed or self._connection.is_closed:
                 await self._drop(self._connection)
-                connection = await aconnect(self._settings, f"{self._name} replies pid={os.getpid()}")
+                connection = await aconnect(self._settings, f"{self._name} replies pid={os.getpid()}", tapped=True)
                 channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
-                self._connection, self._channel = connection, channel
+                self._connection, self._channel, self._tap = connection, channel, connection.tap
             return self._connection, self._channel
 
     async def _drop(self, connection: Any) -> None:
         """Close ``connection`` if it is still the current one (another reply may have replaced it)."""
         if connection is None or connection is not self._connection:
             return
-        self._connection, self._channel = None, None
+        self._connection, self._channel, self._tap = None, None, None
         if not connection.is_closed:
             try:
                 await asyncio.wait_for(connection.close(), timeout=self._settings.connect_timeout)

@@ -11,6 +11,7 @@ from tests.integration.test_worker import close_app, import_tasks, workdir  # no
 from tests.integration.workerproc import running_worker, wait_for, write_app
 
 TASKS = """
+import asyncio
 import threading
 
 @app.task(queue=QUEUE)
@@ -18,6 +19,14 @@ def where(seconds):
     if seconds:
         time.sleep(seconds)
     return threading.current_thread().name
+
+@app.task(queue=QUEUE)
+def context():
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return "thread"
+    return "task" if asyncio.current_task() is not None else "socket"
 """
 
 CALLS = PROMOTE_AFTER + 10
@@ -39,6 +48,9 @@ def test_an_instant_task_moves_to_the_loop_and_back_to_threads_once_it_blocks(
             names = [tasks.where.delay(0).get(timeout=10) for _ in range(CALLS)]
             assert all(on_a_thread(name) for name in names[:PROMOTE_AFTER]), names
             assert names[-1] == "MainThread", names  # the consumer's loop thread
+            # On the loop, straight from the socket (aio/tap.py): inside no asyncio task at all.
+            contexts = [tasks.context.delay().get(timeout=10) for _ in range(CALLS)]
+            assert contexts[0] == "thread" and contexts[-1] == "socket", contexts
             # Blocking on the loop once (5 ms): that call ran there, every later one on a thread.
             assert tasks.where.delay(0.005).get(timeout=10) == "MainThread"
             after = [tasks.where.delay(0).get(timeout=10) for _ in range(CALLS)]

@@ -1,0 +1,160 @@
+"""The worker's socket under aiormq (amqptasks.aio.tap) on a real broker: deliveries taken off the
+socket, everything else left to aiormq, writes in order, the connection kept alive."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pika
+import pytest
+from aiormq.abc import ChannelFrame, DeliveredMessage
+
+from amqptasks.aio.connection import aconnect
+from amqptasks.aio.tap import DeliveryTap
+from amqptasks.settings import Settings
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def ack_frame(channel: int, tag: int, multiple: bool = False) -> bytes:
+    payload = (60).to_bytes(2, "big") + (80).to_bytes(2, "big") + tag.to_bytes(8, "big") + bytes((int(multiple),))
+    return bytes((1,)) + channel.to_bytes(2, "big") + len(payload).to_bytes(4, "big") + payload + b"\xce"
+
+
+class Consuming:
+    """A tapped connection consuming one queue; what the tap hands over is collected."""
+
+    def __init__(self, connection: Any, channel: Any, tap: DeliveryTap) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.tap = tap
+        self.taken: list[DeliveredMessage] = []
+        self.arrived = asyncio.Event()
+
+    def take(self, message: DeliveredMessage) -> None:
+        self.taken.append(message)
+        self.arrived.set()
+
+    async def wait_for(self, count: int, timeout: float = 10) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.taken) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+
+
+@pytest.fixture
+async def consuming(broker_url: str, unique: str, cleanup: Any, request: pytest.FixtureRequest) -> AsyncIterator[Consuming]:
+    settings = Settings(broker_url=broker_url, heartbeat=1)
+    connection = await aconnect(settings, f"test {request.node.nodeid}", tapped=True)
+    try:
+        channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
+        await channel.queue_declare(cleanup.queue(f"{unique}.q"))
+        yield Consuming(connection, channel, connection.tap)  # type: ignore[attr-defined]
+    finally:
+        await connection.close()
+
+
+def publish(broker_url: str, queue: str, bodies: list[bytes], **properties: Any) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        for body in bodies:
+            channel.basic_publish("", queue, body, pika.BasicProperties(**properties))
+    finally:
+        connection.close()
+
+
+def queue_depth(broker_url: str, queue: str) -> int:
+    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+    try:
+        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
+    finally:
+        connection.close()
+
+
+async def test_deliveries_are_handed_over_whole_and_acks_written_directly(
+    consuming: Consuming, broker_url: str, unique: str
+) -> None:
+    queue = f"{unique}.q"
+    large = bytes(range(256)) * 1200  # 300 KB: more than one frame (frame_max is 128 KiB)
+    bodies = [b'{"n": 1}', b"", large]
+    await asyncio.to_thread(publish, broker_url, queue, bodies, correlation_id="c-1", headers={"h": [1, "x"]})
+    consuming.tap.take(consuming.channel, "tapped", consuming.take)
+    await consuming.channel.basic_consume(queue, lambda _m: pytest.fail("aiormq got a tapped delivery"), consumer_tag="tapped")
+    await consuming.wait_for(3)
+    assert [m.body for m in consuming.taken] == bodies
+    assert [m.delivery.delivery_tag for m in consuming.taken] == [1, 2, 3]
+    assert all(m.channel is consuming.channel for m in consuming.taken)
+    assert all(m.header.properties.correlation_id == "c-1" for m in consuming.taken)
+    assert consuming.taken[0].header.properties.headers == {"h": [1, "x"]}
+    assert consuming.tap.deliveries == 3
+    assert consuming.tap.write(ack_frame(consuming.channel.number, 3, multiple=True))
+    await consuming.connection.close()  # unacked messages would return to the queue now
+    assert await asyncio.to_thread(queue_depth, broker_url, queue) == 0
+
+
+async def test_a_consumer_not_taken_is_served_by_aiormq(consuming: Consuming, broker_url: str, unique: str) -> None:
+    queue = f"{unique}.q"
+    via_aiormq: list[bytes] = []
+    got = asyncio.Event()
+
+    async def on_message(message: DeliveredMessage) -> None:
+        via_aiormq.append(message.body)
+        got.set()
+
+    consuming.tap.take(consuming.channel, "some-other-tag", consuming.take)
+    await consuming.channel.basic_consume(queue, on_message, no_ack=True)
+    await asyncio.to_thread(publish, broker_url, queue, [b"plain"])
+    async with asyncio.timeout(10):
+        await got.wait()
+    assert via_aiormq == [b"plain"] and consuming.taken == [] and consuming.tap.deliveries == 0
+
+
+async def test_a_direct_write_goes_after_what_aiormq_has_queued(consuming: Consuming, broker_url: str, unique: str) -> None:
+    queue = f"{unique}.q"
+    await asyncio.to_thread(publish, broker_url, queue, [b"1", b"2"])
+    consuming.tap.take(consuming.channel, "tapped", consuming.take)
+    await consuming.channel.basic_consume(queue, consuming.take, consumer_tag="tapped")
+    await consuming.wait_for(2)
+    number = consuming.channel.number
+    # Queued for aiormq's writer first, then written "directly" in the same loop turn. Overtaking
+    # would send the multiple ack of 2 before the ack of 1: tag 1 unknown, the channel closed.
+    consuming.channel.write_queue.put_nowait(ChannelFrame(payload=ack_frame(number, 1), should_close=False))
+    assert consuming.tap.write(ack_frame(number, 2, multiple=True))
+    await consuming.channel.basic_qos(prefetch_count=5)  # a round trip behind both acks
+    assert not consuming.channel.is_closed
+    await consuming.connection.close()
+    assert await asyncio.to_thread(queue_depth, broker_url, queue) == 0
+
+
+async def test_a_busy_tapped_connection_stays_alive_past_aiormqs_heartbeat_grace(
+    consuming: Consuming, broker_url: str, unique: str
+) -> None:
+    # heartbeat=1: aiormq drops a connection that shows it no frame for (1 + 1) x 3 s. A broker sends
+    # heartbeats only when it has sent nothing else, and every delivery here is the tap's.
+    queue = f"{unique}.q"
+    consuming.tap.take(consuming.channel, "tapped", consuming.take)
+    await consuming.channel.basic_consume(queue, consuming.take, consumer_tag="tapped", no_ack=True)
+
+    def keep_sending(seconds: float) -> int:
+        connection = pika.BlockingConnection(pika.URLParameters(broker_url))
+        sent = 0
+        try:
+            channel = connection.channel()
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                channel.basic_publish("", queue, b"tick")
+                sent += 1
+                connection.sleep(0.01)
+        finally:
+            connection.close()
+        return sent
+
+    sent = await asyncio.to_thread(keep_sending, 9.0)
+    await consuming.wait_for(sent)
+    assert not consuming.connection.is_closed
+    assert consuming.tap.deliveries == sent
