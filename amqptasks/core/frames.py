@@ -33,7 +33,6 @@ FRAME_END = b"\xce"
 FRAME_OVERHEAD = 8  # type (1) + channel (2) + size (4) before the payload, the end octet after
 BASIC_CLASS = 60
 BASIC_PUBLISH = 40
-BASIC_ACK = 80
 
 # Property flags of the basic class, for the properties Properties carries.
 _CONTENT_TYPE = 1 << 15
@@ -192,24 +191,3 @@ def encode_publish(
     size = frame_max - FRAME_OVERHEAD if frame_max > FRAME_OVERHEAD else max(1, len(body))  # 0: no limit
     parts.extend(_frame(FRAME_BODY, channel, body[i : i + size]) for i in range(0, len(body), size))
     return b"".join(parts)
-
-
-_ACK_FRAME = struct.Struct(">BHIHHQB")  # type, channel, size, class, method, delivery tag, bits
-_ACK_SIZE = _ACK_FRAME.size + 1  # and the end octet
-
-
-def read_acks(data: bytes, channel: int) -> list[tuple[int, bool]] | None:
-    """``(delivery tag, multiple)`` of each frame when ``data`` is exactly a run of whole
-    ``basic.ack`` frames on ``channel``; ``None`` for anything else (the caller lets its client
-    library read that)."""
-    if not data or len(data) % _ACK_SIZE:
-        return None
-    acks = []
-    for offset in range(0, len(data), _ACK_SIZE):
-        kind, number, size, class_id, method_id, tag, bits = _ACK_FRAME.unpack_from(data, offset)
-        if (kind, number, size, class_id, method_id) != (FRAME_METHOD, channel, 13, BASIC_CLASS, BASIC_ACK):
-            return None
-        if data[offset + _ACK_SIZE - 1] != 0xCE:
-            return None
-        acks.append((tag, bool(bits & 1)))
-    return acks

@@ -7,9 +7,9 @@ wait a poll with timer bookkeeping. Here:
 * a message's frames (method, header, body; encoded by core/frames.py, or by pika for what that
   leaves alone) go out in **one** write instead of pika's three, and on a plaintext connection
   with nothing buffered before them, **at once**;
-* waiting for confirms polls the socket directly. What is waiting is peeked at: a run of whole
-  ``basic.ack`` frames is read and settled here (core/frames.py parses them); anything else is
-  left to pika's own reader (``transport._on_socket_readable``), so other frames, our other
+* waiting for confirms polls the socket directly. What is waiting is peeked at: whole
+  ``basic.ack`` frames and complete replies at its head are read and settled here
+  (core/inbound.py parses them); anything else is left to pika's own reader (``transport._on_socket_readable``), so other frames, our other
   callbacks, end of file and socket errors are all handled by pika as usual. Every pump of a producer's connection starts here: the
   wait for confirms and a get() waiting for its reply.
 
@@ -30,10 +30,11 @@ from typing import Any
 import pika
 from pika.adapters.utils import io_services_utils
 
-from amqptasks.core.frames import FRAME_OVERHEAD, read_acks
+from amqptasks.core.frames import FRAME_OVERHEAD
+from amqptasks.core.inbound import Ack, read_confirms_and_replies
 
 QUIET = 0.05  # seconds without a byte after which the wait goes back to pika's loop
-PEEK_BYTES = 4096  # looked at before deciding who reads: a run of acks is 21 bytes each
+PEEK_BYTES = 4096  # looked at before deciding who reads: an ack is 21 bytes, a small reply ~200
 # None if a pika release renames it: then every wait is pika's own.
 _PLAINTEXT: Any = getattr(io_services_utils, "_AsyncPlaintextTransport", None)
 
@@ -53,8 +54,10 @@ class DirectSocket:
         wake: Any = getattr(getattr(getattr(self._impl, "ioloop", None), "_poller", None), "_r_interrupt", None)
         self._poller: Any = None
         self._fd = -1
-        self._ack_channel = 0
+        self._channel = 0
         self._on_ack: Callable[[int, bool], None] | None = None
+        self._reply_tag: str | None = None
+        self._on_reply: Callable[[str | None, bytes], None] = _no_reply
         if self._transport is not None and wake is not None:
             self._fd = self._transport._sock.fileno()
             self._poller = select.poll()
@@ -113,18 +116,23 @@ class DirectSocket:
             for fd, _event in events:
                 if fd != self._fd:
                     woken = True
-                elif not self._read_acks():
+                elif not self._read_direct():
                     self._transport._on_socket_readable()
             if woken:
                 return
 
     def take_acks(self, channel: int, on_ack: Callable[[int, bool], None]) -> None:
         """Settle ``basic.ack`` frames of ``channel`` by calling ``on_ack(tag, multiple)`` directly."""
-        self._ack_channel, self._on_ack = channel, on_ack
+        self._channel, self._on_ack = channel, on_ack
 
-    def _read_acks(self) -> bool:
-        """Read a run of whole ``basic.ack`` frames ourselves (pika's reader costs a few times
-        more for them); False when what is waiting is anything else, which pika then reads."""
+    def take_replies(self, consumer_tag: str, on_reply: Callable[[str | None, bytes], None]) -> None:
+        """Hand deliveries to ``consumer_tag`` (on the acks' channel, no-ack) to ``on_reply(correlation_id, body)``."""
+        self._reply_tag, self._on_reply = consumer_tag, on_reply
+
+    def _read_direct(self) -> bool:
+        """Read the confirms and replies at the head of the socket ourselves (pika's reader costs
+        several times more for them: about half a round trip's client CPU for a reply); False when
+        what is waiting starts with anything else, which pika then reads."""
         if self._on_ack is None or self._impl._frame_buffer:  # pika holds part of a frame
             return False
         sock = self._transport._sock
@@ -132,12 +140,19 @@ class DirectSocket:
             data = sock.recv(PEEK_BYTES, socket.MSG_PEEK)
         except OSError:  # pika's reader meets it again and handles it its way
             return False
-        acks = read_acks(data, self._ack_channel)
-        if acks is None:
+        taken, items = read_confirms_and_replies(data, self._channel, self._reply_tag)
+        if not taken:
             return False
-        if sock.recv(len(data)) != data:  # cannot happen with TCP: the bytes were already there
+        if sock.recv(taken) != data[:taken]:  # cannot happen with TCP: the bytes were already there
             raise ConnectionError("the socket returned other bytes than it showed")
-        self._impl.bytes_received += len(data)  # pika's heartbeat checker reads this
-        for tag, multiple in acks:
-            self._on_ack(tag, multiple)
+        self._impl.bytes_received += taken  # pika's heartbeat checker reads this
+        for item in items:
+            if isinstance(item, Ack):
+                self._on_ack(item.tag, item.multiple)
+            else:
+                self._on_reply(item.correlation_id, item.body)
         return True
+
+
+def _no_reply(_correlation_id: str | None, _body: bytes) -> None:
+    raise AssertionError("replies are taken only once a reply consumer is registered")

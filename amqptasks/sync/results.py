@@ -190,12 +190,18 @@ class Replies:
     def start(self, channel_impl: Any) -> None:
         """Consume ``amq.rabbitmq.reply-to`` (before the first publish, as the broker requires)."""
         started = self._shared.signal()
-        channel_impl.basic_consume(DIRECT_REPLY_TO, self._on_reply, auto_ack=True, callback=started)  # no-ack: required
+        tag = channel_impl.basic_consume(DIRECT_REPLY_TO, self._on_pika_reply, auto_ack=True, callback=started)  # no-ack: required
         if not self._shared.pump(started.is_set, time.monotonic() + self._shared.settings.confirm_timeout):
             raise ResultUnavailable("the broker did not confirm the reply consumer in time")
+        if self._shared.direct is not None:
+            self._shared.direct.take_replies(tag, self.on_reply)  # read off the socket (sync/direct.py)
 
-    def _on_reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
-        outcome = decode_result(body, properties.correlation_id)
+    def _on_pika_reply(self, _channel: Any, _method: Any, properties: Any, body: bytes) -> None:
+        self.on_reply(properties.correlation_id, body)
+
+    def on_reply(self, correlation_id: str | None, body: bytes) -> None:
+        """A reply arrived: kept if its result is still held."""
+        outcome = decode_result(body, correlation_id)
         if outcome.task_id in self._kept:
             self._kept[outcome.task_id] = outcome
         # else: nobody holds that AsyncResult any more (or it was read already): drop it.

@@ -17,7 +17,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from amqptasks.core.envelope import Properties, TaskMessage, encode_task
-from amqptasks.core.frames import encode_publish, header_value_problem, read_acks
+from amqptasks.core.frames import encode_publish, header_value_problem
 
 
 def read_frames(data: bytes) -> list[tuple[int, Any]]:
@@ -152,15 +152,3 @@ def test_no_frame_limit_sends_the_body_in_one_frame() -> None:
     data = encode_publish(1, "", "q", body, Properties(message_id="m", headers={}), 0)
     assert data is not None
     assert len(read_frames(data)) == 3
-
-
-def test_a_run_of_acks_is_read_and_anything_else_is_left_alone() -> None:
-    def ack(tag: int, multiple: bool, channel: int = 3) -> bytes:
-        return pamqp.frame.marshal(commands.Basic.Ack(delivery_tag=tag, multiple=multiple), channel)
-
-    assert read_acks(ack(5, False), 3) == [(5, False)]
-    assert read_acks(ack(1, True) + ack(2**40, False), 3) == [(1, True), (2**40, False)]
-    nack = pamqp.frame.marshal(commands.Basic.Nack(delivery_tag=5), 3)
-    for other in (b"", ack(5, False, channel=4), ack(5, False)[:-1], ack(5, False) + ack(6, False)[:10], nack, ack(1, False) + nack):
-        assert read_acks(other, 3) is None
-    assert read_acks(ack(5, False)[:-1] + b"\x00", 3) is None  # no frame end
