@@ -33,6 +33,7 @@ FRAME_END = b"\xce"
 FRAME_OVERHEAD = 8  # type (1) + channel (2) + size (4) before the payload, the end octet after
 BASIC_CLASS = 60
 BASIC_PUBLISH = 40
+BASIC_ACK = 80
 
 # Property flags of the basic class, for the properties Properties carries.
 _CONTENT_TYPE = 1 << 15
@@ -191,3 +192,11 @@ def encode_publish(
     size = frame_max - FRAME_OVERHEAD if frame_max > FRAME_OVERHEAD else max(1, len(body))  # 0: no limit
     parts.extend(_frame(FRAME_BODY, channel, body[i : i + size]) for i in range(0, len(body), size))
     return b"".join(parts)
+
+
+_ACK_PAYLOAD = struct.Struct(">HHQB")  # class, method, delivery tag, bits (multiple)
+
+
+def encode_ack(channel: int, tag: int, multiple: bool = False) -> bytes:
+    """One ``basic.ack`` frame on ``channel``."""
+    return _frame(FRAME_METHOD, channel, _ACK_PAYLOAD.pack(BASIC_CLASS, BASIC_ACK, tag, int(multiple)))

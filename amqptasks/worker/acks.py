@@ -1,12 +1,15 @@
-"""Sending a consuming channel's acks: coalesced once per loop turn (see core/acks.py for which)."""
+"""Sending a consuming channel's acks: coalesced once per loop turn (see core/acks.py for which),
+written to the socket at once when nothing is ahead of them (aio/tap.py), else through aiormq."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from amqptasks.core.acks import AckBatch, AckWindow
+from amqptasks.core.frames import encode_ack
 
 log = logging.getLogger("amqptasks.worker")
 
@@ -17,8 +20,13 @@ HOLD_SECONDS = 0.05
 class AckSender:
     """The acks of one consuming channel. Delivery tags restart on a new channel: make a new one."""
 
-    def __init__(self, channel: Any, hold: int, recoverable: tuple[type[BaseException], ...]) -> None:
+    def __init__(
+        self, channel: Any, hold: int, recoverable: tuple[type[BaseException], ...], write: Callable[[bytes], bool] | None = None
+    ) -> None:
+        """``write``: sends frames now if nothing is queued before them, else returns False
+        (:meth:`amqptasks.aio.tap.DeliveryTap.write`); without it, every ack goes through aiormq."""
         self.channel = channel
+        self._write = write
         self._window = AckWindow(hold=hold)
         self._recoverable = recoverable
         self._scheduled = False
@@ -51,7 +59,7 @@ class AckSender:
     def _flush(self, force: bool = False) -> None:
         self._scheduled = False
         batch = self._window.take(force=force)
-        if batch:
+        if batch and not self._write_now(batch):
             send = asyncio.ensure_future(self._send(batch))
             self._sends.add(send)
             send.add_done_callback(self._sends.discard)
@@ -63,9 +71,15 @@ class AckSender:
         self._timer = None
         self._flush(force=True)
 
+    def _write_now(self, batch: AckBatch) -> bool:
+        """Written behind everything already queued; False if it has to wait its turn."""
+        if self._write is None or self._sends or self.channel.is_closed:  # a batch still queueing goes first
+            return False
+        number = self.channel.number
+        return self._write(b"".join(encode_ack(number, tag, multiple) for tag, multiple in _frames(batch)))
+
     async def _send(self, batch: AckBatch) -> None:
-        frames = [(batch.upto, True)] if batch.upto is not None else []
-        frames += [(tag, False) for tag in batch.singles]
+        frames = _frames(batch)
         try:
             # aiormq's write queue is bounded, so queueing a batch can suspend midway (hence the
             # lock). No waiting for the socket inside it: on a dead connection that never ends.
@@ -74,3 +88,8 @@ class AckSender:
                     await self.channel.basic_ack(tag, multiple=multiple, wait=False)
         except self._recoverable as exc:
             log.warning("acks lost (%s); those messages will be redelivered", f"{type(exc).__name__}: {exc}"[:200])
+
+
+def _frames(batch: AckBatch) -> list[tuple[int, bool]]:
+    """(delivery tag, multiple) of each ack frame, in the order they must go."""
+    return ([(batch.upto, True)] if batch.upto is not None else []) + [(tag, False) for tag in batch.singles]

@@ -14,14 +14,10 @@ from aiormq.abc import ChannelFrame, DeliveredMessage
 
 from amqptasks.aio.connection import aconnect
 from amqptasks.aio.tap import DeliveryTap
+from amqptasks.core.frames import encode_ack
 from amqptasks.settings import Settings
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def ack_frame(channel: int, tag: int, multiple: bool = False) -> bytes:
-    payload = (60).to_bytes(2, "big") + (80).to_bytes(2, "big") + tag.to_bytes(8, "big") + bytes((int(multiple),))
-    return bytes((1,)) + channel.to_bytes(2, "big") + len(payload).to_bytes(4, "big") + payload + b"\xce"
 
 
 class Consuming:
@@ -48,11 +44,11 @@ class Consuming:
 @pytest.fixture
 async def consuming(broker_url: str, unique: str, cleanup: Any, request: pytest.FixtureRequest) -> AsyncIterator[Consuming]:
     settings = Settings(broker_url=broker_url, heartbeat=1)
-    connection = await aconnect(settings, f"test {request.node.nodeid}", tapped=True)
+    connection = await aconnect(settings, f"test {request.node.nodeid}")
     try:
         channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
         await channel.queue_declare(cleanup.queue(f"{unique}.q"))
-        yield Consuming(connection, channel, connection.tap)  # type: ignore[attr-defined]
+        yield Consuming(connection, channel, connection.tap)
     finally:
         await connection.close()
 
@@ -92,7 +88,7 @@ async def test_deliveries_are_handed_over_whole_and_acks_written_directly(
     assert all(m.header.properties.correlation_id == "c-1" for m in consuming.taken)
     assert consuming.taken[0].header.properties.headers == {"h": [1, "x"]}
     assert consuming.tap.deliveries == 3
-    assert consuming.tap.write(ack_frame(consuming.channel.number, 3, multiple=True))
+    assert consuming.tap.write(encode_ack(consuming.channel.number, 3, multiple=True))
     await consuming.connection.close()  # unacked messages would return to the queue now
     assert await asyncio.to_thread(queue_depth, broker_url, queue) == 0
 
@@ -123,8 +119,8 @@ async def test_a_direct_write_goes_after_what_aiormq_has_queued(consuming: Consu
     number = consuming.channel.number
     # Queued for aiormq's writer first, then written "directly" in the same loop turn. Overtaking
     # would send the multiple ack of 2 before the ack of 1: tag 1 unknown, the channel closed.
-    consuming.channel.write_queue.put_nowait(ChannelFrame(payload=ack_frame(number, 1), should_close=False))
-    assert consuming.tap.write(ack_frame(number, 2, multiple=True))
+    consuming.channel.write_queue.put_nowait(ChannelFrame(payload=encode_ack(number, 1), should_close=False))
+    assert consuming.tap.write(encode_ack(number, 2, multiple=True))
     await consuming.channel.basic_qos(prefetch_count=5)  # a round trip behind both acks
     assert not consuming.channel.is_closed
     await consuming.connection.close()
