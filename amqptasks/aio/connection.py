@@ -21,7 +21,8 @@ def _url_with_name(settings: Settings, name: str) -> str:
 
 
 class TappedConnection(aio_pika.Connection):
-    """aio-pika's connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it (the worker's)."""
+    """aio-pika's connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it: the socket is
+    read into one buffer (not a new 256 KiB one per read), and a worker takes its deliveries there."""
 
     def __init__(self, url: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
         super().__init__(url, loop=loop, **kwargs)
@@ -38,25 +39,25 @@ class TappedConnection(aio_pika.Connection):
         return tap
 
 
-async def aconnect(settings: Settings, name: str, *, robust: bool = False, tapped: bool = False) -> aio_pika.abc.AbstractConnection:
-    """An aio-pika connection (robust: reconnects and replays declarations; tapped: a
-    :class:`TappedConnection`), or BrokerUnavailable."""
+async def aconnect(settings: Settings, name: str) -> TappedConnection:
+    """An aio-pika connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it, or BrokerUnavailable."""
     # Every aio connection, worker or producer, decodes and encodes through the fixed pamqp:
     # a bad frame must not close it, and a header such as {"delta": -1} must encode (aio/wire.py).
     wire.install()
-    factory = aio_pika.connect_robust if robust else aio_pika.connect
     address = settings.address
     try:
-        return await asyncio.wait_for(
+        connection = await asyncio.wait_for(
             # ssl_context: None for amqp://; for amqps:// the configured CA / client certificate.
-            factory(
+            aio_pika.connect(
                 _url_with_name(settings, name),
                 timeout=settings.connect_timeout,
                 ssl_context=settings.ssl_context(),
-                **({"connection_class": TappedConnection} if tapped else {}),
+                connection_class=TappedConnection,
             ),
             timeout=settings.connect_timeout + 1,
         )
+        assert isinstance(connection, TappedConnection)
+        return connection
     except aiormq.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(address.refused_credentials()) from None
     except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:

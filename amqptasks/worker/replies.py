@@ -93,7 +93,7 @@ class ReplyPublisher:
         async with self._opening:
             if self._channel is None or self._channel.is_closed or self._connection.is_closed:
                 await self._drop(self._connection)
-                connection = await aconnect(self._settings, f"{self._name} replies pid={os.getpid()}", tapped=True)
+                connection = await aconnect(self._settings, f"{self._name} replies pid={os.getpid()}")
                 channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
                 self._connection, self._channel, self._tap = connection, channel, connection.tap
             return self._connection, self._channel
