@@ -19,13 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiormq.exceptions
 import pamqp.frame
+from aiormq import spec
 from aiormq.abc import ChannelFrame, DeliveredMessage
 from aiormq.connection import TransportFactory
+from pamqp.header import ContentHeader
 
+from amqptasks.core.frames import FRAME_BODY, encode_frame
 from amqptasks.core.inbound import HEARTBEAT, Delivery, FrameRouter, Passed
 
 log = logging.getLogger("amqptasks.worker")
@@ -107,10 +110,11 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             self._router.release_channel(item.channel)
             return
         try:
-            method = pamqp.frame.unmarshal(item.method)[2]
-            header = pamqp.frame.unmarshal(item.header)[2]
+            method = cast(spec.Basic.Deliver, pamqp.frame.unmarshal(item.method)[2])  # core/inbound checked
+            header = cast(ContentHeader, pamqp.frame.unmarshal(item.header)[2])
         except Exception:  # whatever aiormq would make of it (close the connection, say), it does
-            super().data_received(item.method + item.header + _body_frame(item.channel, item.body))
+            body = encode_frame(FRAME_BODY, item.channel, item.body) if item.body else b""
+            super().data_received(item.method + item.header + body)
             return
         self.deliveries += 1
         try:
@@ -133,12 +137,6 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             return False
         queue.put_nowait(ChannelFrame(payload=data, should_close=False))
         return True
-
-
-def _body_frame(channel: int, body: bytes) -> bytes:
-    if not body:
-        return b""
-    return bytes((3,)) + channel.to_bytes(2, "big") + len(body).to_bytes(4, "big") + body + b"\xce"
 
 
 class TapFactory(TransportFactory):

@@ -147,7 +147,8 @@ def _table(headers: Mapping[str, Any]) -> bytes:
     return _UINT32.pack(len(data)) + data
 
 
-def _frame(kind: int, channel: int, payload: bytes) -> bytes:
+def encode_frame(kind: int, channel: int, payload: bytes) -> bytes:
+    """One frame: type, channel, size, ``payload``, end octet."""
     return _FRAME_START.pack(kind, channel, len(payload)) + payload + FRAME_END
 
 
@@ -188,9 +189,9 @@ def encode_publish(
     except (_Unsupported, ValueError, OverflowError, struct.error, UnicodeError):
         return None
     header = _HEADER_START.pack(BASIC_CLASS, 0, len(body), flags) + b"".join(fields)
-    parts = [_frame(FRAME_METHOD, channel, method), _frame(FRAME_HEADER, channel, header)]
+    parts = [encode_frame(FRAME_METHOD, channel, method), encode_frame(FRAME_HEADER, channel, header)]
     size = frame_max - FRAME_OVERHEAD if frame_max > FRAME_OVERHEAD else max(1, len(body))  # 0: no limit
-    parts.extend(_frame(FRAME_BODY, channel, body[i : i + size]) for i in range(0, len(body), size))
+    parts.extend(encode_frame(FRAME_BODY, channel, body[i : i + size]) for i in range(0, len(body), size))
     return b"".join(parts)
 
 
@@ -199,4 +200,4 @@ _ACK_PAYLOAD = struct.Struct(">HHQB")  # class, method, delivery tag, bits (mult
 
 def encode_ack(channel: int, tag: int, multiple: bool = False) -> bytes:
     """One ``basic.ack`` frame on ``channel``."""
-    return _frame(FRAME_METHOD, channel, _ACK_PAYLOAD.pack(BASIC_CLASS, BASIC_ACK, tag, int(multiple)))
+    return encode_frame(FRAME_METHOD, channel, _ACK_PAYLOAD.pack(BASIC_CLASS, BASIC_ACK, tag, int(multiple)))

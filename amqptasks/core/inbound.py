@@ -19,11 +19,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-FRAME_METHOD = 1
-FRAME_HEADER = 2
-FRAME_BODY = 3
+from amqptasks.core.frames import BASIC_ACK, BASIC_CLASS, FRAME_BODY, FRAME_HEADER, FRAME_METHOD
+
 FRAME_HEARTBEAT = 8
-FRAME_END = 0xCE
+FRAME_END = 0xCE  # the end octet, as read from bytes
 _FRAME_TYPES = (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT)
 HEARTBEAT = bytes((FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END))
 
@@ -32,8 +31,8 @@ _METHOD_ID = struct.Struct(">HH")  # class, method
 _BODY_SIZE = struct.Struct(">Q")  # in a content header, after class and weight
 _ACK = struct.Struct(">HHQB")  # class, method, delivery tag, bits (multiple)
 _UINT32 = struct.Struct(">I")
-_BASIC_DELIVER = (60, 60)
-_BASIC_ACK = (60, 80)
+_BASIC_DELIVER = (BASIC_CLASS, 60)
+_BASIC_ACK = (BASIC_CLASS, BASIC_ACK)
 _HEADER_FLAGS_AT = 12  # class, weight, body size; then the property flags
 # Property flags before correlation-id (bit 10), and how to step over each: content-type and
 # content-encoding (shortstr), headers (table), delivery-mode and priority (octet).
