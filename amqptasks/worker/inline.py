@@ -6,8 +6,11 @@ than a task like ``add(x, y)`` runs. So a plain function that has proven *instan
 (:data:`PROMOTE_AFTER` calls in a row, each under :data:`INSTANT`) runs on the loop from then on.
 What keeps that safe:
 
-* A loop call that takes :data:`DEMOTE_AFTER` or more sends its task back to threads for good,
-  in this process (logged): a task that can block the loop is not trusted with it again.
+* A second loop call that takes :data:`DEMOTE_AFTER` or more within :data:`STRIKE_WINDOW` calls
+  sends its task back to threads for good, in this process (logged): a task that blocks the loop
+  is not trusted with it again. One slow call alone is forgiven: on a busy machine the process
+  is sometimes preempted in the middle of an instant call, and one such pause used to send an
+  instant task to threads for good (seen when profiling the RPC benchmark under py-spy).
 * A redelivered message always runs on a thread: it may be the one that stalled or killed a worker.
 * :class:`LoopWatchdog`: a loop call still running after :data:`HANG_LIMIT` ends the process
   (its supervisor starts another; its unacked messages return to the queue), rather than leave a
@@ -29,7 +32,8 @@ log = logging.getLogger("amqptasks.worker")
 
 INSTANT = 0.0001  # seconds: a call under this, on a thread, counts towards running on the loop
 PROMOTE_AFTER = 32  # instant calls in a row on threads before a task runs on the loop
-DEMOTE_AFTER = 0.001  # seconds: a loop call this long sends its task back to threads for good
+DEMOTE_AFTER = 0.001  # seconds: a loop call this long is slow; two close together send the task back
+STRIKE_WINDOW = 32  # loop calls of a task within which a second slow one sends it back to threads
 HANG_LIMIT = 30.0  # seconds one loop call may block before the process exits
 
 
@@ -41,6 +45,8 @@ class InlinePolicy:
         self._streak: dict[str, int] = {}  # task -> instant calls in a row on threads
         self._inline: set[str] = set()
         self._demoted: set[str] = set()
+        self._calls: dict[str, int] = {}  # task -> calls on the loop so far
+        self._slow_at: dict[str, int] = {}  # task -> which of those calls was last slow
 
     @property
     def has_inline(self) -> bool:
@@ -64,7 +70,12 @@ class InlinePolicy:
 
     def ran_inline(self, task: str, seconds: float) -> bool:
         """A call of ``task`` took ``seconds`` on the loop; True if that sent it back to threads."""
+        call = self._calls[task] = self._calls.get(task, 0) + 1
         if seconds < DEMOTE_AFTER:
+            return False
+        last_slow = self._slow_at.get(task)
+        self._slow_at[task] = call
+        if last_slow is None or call - last_slow > STRIKE_WINDOW:
             return False
         self._inline.discard(task)
         self._demoted.add(task)

@@ -54,14 +54,31 @@ def profile_worker(out: Path, params: Params, key: str, count: int) -> None:
         run.close()
 
 
-def profile_producer(out: Path, params: Params, key: str, count: int) -> None:
-    """Run ``client.py publish KEY`` under py-spy."""
+def profile_producer(out: Path, params: Params, key: str, count: int, scenario: str = "publish") -> None:
+    """Run ``client.py SCENARIO KEY`` under py-spy (for ``rpc``, a 1-process worker answers)."""
     run = Run("profile", OURS, params)
     try:
-        command = [*PYSPY, "--output", str(out), "--", PYTHON, str(BENCH_DIR / "client.py"), "publish", key,
+        if scenario == "rpc":
+            run.start_worker(1, rpc=True)
+        command = [*PYSPY, "--output", str(out), "--", PYTHON, str(BENCH_DIR / "client.py"), scenario, key,
                    "--count", str(count)]
         subprocess.run(command, env=run.env(), cwd=TASKS_DIR, check=True, timeout=120 + count / 50,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        run.close()
+
+
+def profile_rpc_worker(out: Path, params: Params, count: int) -> None:
+    """A 1-process worker under py-spy while ``count`` sequential ``delay().get()`` round trips run."""
+    run = Run("profile", OURS, params)
+    try:
+        worker = run.start_worker(1, rpc=True)
+        spy = subprocess.Popen([*PYSPY, "--subprocesses", "--pid", str(worker.pid), "--output", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            run.client("rpc", "at_sync", "--count", str(count), timeout=60 + count * 0.05)
+        finally:
+            _stop_spy(spy)
     finally:
         run.close()
 
@@ -118,6 +135,8 @@ def run_all(results: Path, params: Params) -> None:
         ("profile-producer-sync", lambda out: profile_producer(out, params, "at_sync", 5_000)),
         ("profile-producer-batch", lambda out: profile_producer(out, params, "at_batch", 50_000)),
         ("profile-producer-async", lambda out: profile_producer(out, params, "at_async", 30_000)),
+        ("profile-rpc-worker", lambda out: profile_rpc_worker(out, params, 5_000)),
+        ("profile-rpc-client", lambda out: profile_producer(out, params, "at_sync", 5_000, scenario="rpc")),
     ]
     sections = ["# amqptasks profiles (py-spy, busy threads only)", ""]
     for name, job in jobs:

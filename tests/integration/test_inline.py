@@ -55,7 +55,8 @@ def test_an_instant_task_moves_to_the_loop_and_back_to_threads_once_it_blocks(
                 contexts.append(tasks.context.delay().get(timeout=10))
             assert contexts[0] == "thread" and contexts[-1] == "socket", contexts[-5:]
             assert tasks.context.delay().get(timeout=10) == "socket"
-            # Blocking on the loop once (5 ms): that call ran there, every later one on a thread.
+            # Blocking on the loop twice (5 ms each): those calls ran there, every later one on a thread.
+            assert tasks.where.delay(0.005).get(timeout=10) == "MainThread"
             assert tasks.where.delay(0.005).get(timeout=10) == "MainThread"
             after = [tasks.where.delay(0).get(timeout=10) for _ in range(CALLS)]
             assert all(on_a_thread(name) for name in after), after

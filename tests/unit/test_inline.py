@@ -13,6 +13,7 @@ from amqptasks.worker.inline import (
     DEMOTE_AFTER,
     INSTANT,
     PROMOTE_AFTER,
+    STRIKE_WINDOW,
     InlinePolicy,
     LoopWatchdog,
 )
@@ -47,14 +48,27 @@ def test_a_redelivered_message_always_runs_on_a_thread() -> None:
     assert policy.runs_inline("t.add", redelivered=False)
 
 
-def test_a_loop_call_that_blocks_sends_the_task_back_to_threads_for_good() -> None:
+def test_a_second_loop_call_that_blocks_soon_after_the_first_sends_the_task_back_to_threads_for_good() -> None:
     policy = promoted(InlinePolicy())
     assert policy.ran_inline("t.add", DEMOTE_AFTER / 2) is False
+    assert policy.ran_inline("t.add", DEMOTE_AFTER) is False  # once: a preempted process, perhaps
     assert policy.runs_inline("t.add", redelivered=False)
-    assert policy.ran_inline("t.add", DEMOTE_AFTER) is True
+    for _ in range(STRIKE_WINDOW - 1):
+        assert policy.ran_inline("t.add", FAST) is False
+    assert policy.ran_inline("t.add", DEMOTE_AFTER) is True  # twice within the window: it blocks
     assert not policy.runs_inline("t.add", redelivered=False)
     promoted(policy)  # instant again, many times: still on threads
     assert not policy.runs_inline("t.add", redelivered=False)
+
+
+def test_slow_loop_calls_far_apart_are_each_forgiven() -> None:
+    policy = promoted(InlinePolicy())
+    for _ in range(3):
+        assert policy.ran_inline("t.add", DEMOTE_AFTER) is False
+        for _ in range(STRIKE_WINDOW):
+            policy.ran_inline("t.add", FAST)
+    assert policy.runs_inline("t.add", redelivered=False)
+    assert policy.ran_inline("t.other", DEMOTE_AFTER) is False  # per task
 
 
 def test_disabled_nothing_moves_to_the_loop() -> None:
