@@ -54,7 +54,6 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
 
     def __init__(self, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(reader, loop=loop)
-        self._reader_in = reader
         self._loop = loop
         self._router = FrameRouter()
         self._callbacks: dict[tuple[int, str], tuple[Any, DeliveryCallback]] = {}
@@ -99,7 +98,7 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             else:
                 self._dispatch(item)
                 dispatched = True
-        if dispatched and self._loop.time() - self._passed_at > KEEPALIVE:
+        if dispatched and not self._router.passthrough and self._loop.time() - self._passed_at > KEEPALIVE:
             super().data_received(HEARTBEAT)
             self._passed_at = self._loop.time()
 
@@ -124,13 +123,21 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
 
     # --- writing -----------------------------------------------------------------------------
 
+    @property
+    def closing(self) -> bool:
+        """The socket is closed or closing (aiormq may not know yet)."""
+        return self._socket is None or self._socket.is_closing()
+
     def write(self, data: bytes) -> bool:
         """Send ``data`` (whole frames) now, after whatever aiormq has queued; False if that would
         have to wait (aiormq's bounded write queue is full, or the socket is closing)."""
         queue, socket = self._write_queue, self._socket
         if queue is None or socket is None or socket.is_closing():
             return False
-        if queue.empty():  # aiormq's writer has sent everything queued before this
+        # aiormq's writer task writes each frame in the step that takes it off the queue (no await
+        # between get() and write(): aiormq 6.9, a test in tests/integration/test_tap.py checks it),
+        # so an empty queue means everything queued before is in the transport already.
+        if queue.empty():
             socket.write(data)
             return True
         if queue.full():

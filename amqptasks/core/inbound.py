@@ -19,12 +19,12 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from amqptasks.core.frames import BASIC_ACK, BASIC_CLASS, FRAME_BODY, FRAME_HEADER, FRAME_METHOD
+from amqptasks.core.frames import BASIC_ACK, BASIC_CLASS, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD, encode_frame
 
 FRAME_HEARTBEAT = 8
-FRAME_END = 0xCE  # the end octet, as read from bytes
+END_OCTET = FRAME_END[0]  # as indexing bytes reads it
 _FRAME_TYPES = (FRAME_METHOD, FRAME_HEADER, FRAME_BODY, FRAME_HEARTBEAT)
-HEARTBEAT = bytes((FRAME_HEARTBEAT, 0, 0, 0, 0, 0, 0, FRAME_END))
+HEARTBEAT = encode_frame(FRAME_HEARTBEAT, 0, b"")
 
 _FRAME_START = struct.Struct(">BHI")  # type, channel, payload size
 _METHOD_ID = struct.Struct(">HH")  # class, method
@@ -103,7 +103,7 @@ class FrameRouter:
     ``(channel, consumer tag)`` pairs, passes the rest on.
 
     A stream that does not look like frames (a protocol header sent back on a version mismatch, a
-    wrong end octet) turns the router into a plain pass-through for good: the client library then
+    wrong end octet, content frames out of place) turns the router into a plain pass-through for good: the client library then
     reports the problem in its own words.
     """
 
@@ -139,10 +139,12 @@ class FrameRouter:
             end = pos + _FRAME_START.size + length + 1
             if end > size:
                 break
-            if buffer[end - 1] != FRAME_END:  # a corrupt stream: the client library says so
+            if buffer[end - 1] != END_OCTET:  # a corrupt stream: the client library says so
                 self.passthrough = True
                 break
             taken = self._take_frame(buffer, pos, end, kind, channel)
+            if self.passthrough:  # this frame broke the rules: it and the rest go on as they are
+                break
             if taken is not None:
                 if passed_from < pos:
                     out.append(Passed(bytes(buffer[passed_from:pos])))
@@ -165,14 +167,14 @@ class FrameRouter:
         if partial is not None:
             # Content frames follow their method on the same channel, never interleaved with others on it.
             payload = bytes(buffer[start + _FRAME_START.size : end - 1])
-            if kind == FRAME_HEADER and partial.size < 0:
+            if kind == FRAME_HEADER and partial.size < 0 and len(payload) >= _HEADER_FLAGS_AT:
                 partial.header = bytes(buffer[start:end])
                 partial.size = _BODY_SIZE.unpack_from(payload, 4)[0]
             elif kind == FRAME_BODY and partial.size >= 0:
                 partial.parts.append(payload)
                 partial.received += len(payload)
-            else:  # a protocol violation: give up on the channel rather than guess
-                self.release_channel(channel)
+            else:  # a protocol violation (never from a broker): stop taking anything, guess nothing
+                self.passthrough = True
                 return None
             if partial.size >= 0 and partial.received >= partial.size:
                 del self._partial[channel]
@@ -202,7 +204,7 @@ def read_confirms_and_replies(
     while size - pos >= _FRAME_START.size:
         kind, number, length = _FRAME_START.unpack_from(data, pos)
         end = pos + _FRAME_START.size + length + 1
-        if kind != FRAME_METHOD or number != channel or end > size or data[end - 1] != FRAME_END or length < 4:
+        if kind != FRAME_METHOD or number != channel or end > size or data[end - 1] != END_OCTET or length < 4:
             break
         method = _METHOD_ID.unpack_from(data, pos + _FRAME_START.size)
         if method == _BASIC_ACK and length == _ACK.size:
@@ -227,7 +229,7 @@ def _read_content(data: bytes | bytearray | memoryview, pos: int, channel: int) 
         return None
     kind, number, length = _FRAME_START.unpack_from(data, pos)
     end = pos + _FRAME_START.size + length + 1
-    if kind != FRAME_HEADER or number != channel or end > size or data[end - 1] != FRAME_END:
+    if kind != FRAME_HEADER or number != channel or end > size or data[end - 1] != END_OCTET:
         return None
     header = bytes(data[pos + _FRAME_START.size : end - 1])
     try:
@@ -243,7 +245,7 @@ def _read_content(data: bytes | bytearray | memoryview, pos: int, channel: int) 
             return None
         kind, number, length = _FRAME_START.unpack_from(data, pos)
         end = pos + _FRAME_START.size + length + 1
-        if kind != FRAME_BODY or number != channel or end > size or data[end - 1] != FRAME_END:
+        if kind != FRAME_BODY or number != channel or end > size or data[end - 1] != END_OCTET:
             return None
         parts.append(bytes(data[pos + _FRAME_START.size : end - 1]))
         received += length

@@ -43,7 +43,7 @@ class Decoded:
     """A delivery's task, ready to run, and where its reply goes."""
 
     prepared: Prepared
-    reply_to: str | bytes | None
+    reply_to: str | None
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,8 @@ class DeliveryHandler:
         """The tap's callback (aio/tap.py): called on the loop as a delivery comes off the socket.
 
         A plain task proven instant (worker/inline.py) runs right here, and when it succeeded its
-        reply and ack are written before this returns: no task, no loop turn in between. Anything
+        reply is written before this returns and its ack settled (written with the others of this
+        read, at the end of the loop turn): no task, no thread in between. Anything
         else goes on in a task from where this stopped: a task that ran is never run again."""
         on_message = self.callback_for(queue)
         loop = asyncio.get_running_loop()
@@ -176,7 +177,7 @@ class DeliveryHandler:
     def _decode(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> Decoded:
         """The task a delivery asks for and where its reply goes; PoisonMessage if it cannot run."""
         props = delivery.header.properties
-        reply_to = wire.text(props.reply_to)  # bytes when it was not UTF-8 (aio/wire.py)
+        reply_to = wire.text(props.reply_to)  # text, whatever arrived (aio/wire.py)
         message = decode_task(
             delivery.body, props.headers, content_type=props.content_type, reply_to=reply_to, priority=props.priority
         )
@@ -284,7 +285,7 @@ class DeliveryHandler:
         queue: str,
         task_id: str,
         task: str,
-        reply_to: str | bytes | None,
+        reply_to: str | None,
         prepared: Prepared,
     ) -> None:
         reason = "expired: delivered after its expires time; not run"
@@ -295,7 +296,7 @@ class DeliveryHandler:
         await self._ack(delivery)
 
     async def _reject_poison(
-        self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage, reply_to: str | bytes | None
+        self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage, reply_to: str | None
     ) -> None:
         log.warning("dead-lettering a message from %s: %s", queue, poison.reason)
         if reply_to and poison.task_id:
@@ -305,7 +306,7 @@ class DeliveryHandler:
 
     # --- broker writes -----------------------------------------------------------------------
 
-    async def _reply(self, reply_to: str | bytes, outcome: Outcome) -> None:
+    async def _reply(self, reply_to: str, outcome: Outcome) -> None:
         body, properties = encode_result(outcome)
         # Its own connection (worker/replies.py); sent before the ack is queued.
         await self._replies.publish(reply_to, body, properties, outcome.task_id)

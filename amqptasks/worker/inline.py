@@ -6,11 +6,12 @@ than a task like ``add(x, y)`` runs. So a plain function that has proven *instan
 (:data:`PROMOTE_AFTER` calls in a row, each under :data:`INSTANT`) runs on the loop from then on.
 What keeps that safe:
 
-* A second loop call that takes :data:`DEMOTE_AFTER` or more within :data:`STRIKE_WINDOW` calls
-  sends its task back to threads for good, in this process (logged): a task that blocks the loop
-  is not trusted with it again. One slow call alone is forgiven: on a busy machine the process
-  is sometimes preempted in the middle of an instant call, and one such pause used to send an
-  instant task to threads for good (seen when profiling the RPC benchmark under py-spy).
+* A loop call of :data:`BLOCKING` or more, or a second one of :data:`DEMOTE_AFTER` or more within
+  :data:`STRIKE_WINDOW` calls, sends its task back to threads for good, in this process (logged):
+  a task that blocks the loop is not trusted with it again. One short slow call alone is
+  forgiven: on a busy machine the process is sometimes preempted in the middle of an instant
+  call, and one such pause used to send an instant task to threads for good (seen when
+  profiling the RPC benchmark under py-spy).
 * A redelivered message always runs on a thread: it may be the one that stalled or killed a worker.
 * :class:`LoopWatchdog`: a loop call still running after :data:`HANG_LIMIT` ends the process
   (its supervisor starts another; its unacked messages return to the queue), rather than leave a
@@ -34,6 +35,7 @@ INSTANT = 0.0001  # seconds: a call under this, on a thread, counts towards runn
 PROMOTE_AFTER = 32  # instant calls in a row on threads before a task runs on the loop
 DEMOTE_AFTER = 0.001  # seconds: a loop call this long is slow; two close together send the task back
 STRIKE_WINDOW = 32  # loop calls of a task within which a second slow one sends it back to threads
+BLOCKING = 0.01  # seconds: a loop call this long sends its task back at once (no preemption is that long)
 HANG_LIMIT = 30.0  # seconds one loop call may block before the process exits
 
 
@@ -75,7 +77,7 @@ class InlinePolicy:
             return False
         last_slow = self._slow_at.get(task)
         self._slow_at[task] = call
-        if last_slow is None or call - last_slow > STRIKE_WINDOW:
+        if seconds < BLOCKING and (last_slow is None or call - last_slow > STRIKE_WINDOW):
             return False
         self._inline.discard(task)
         self._demoted.add(task)

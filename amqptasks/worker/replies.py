@@ -43,7 +43,7 @@ class ReplyPublisher:
         self._tap: Any = None  # the connection's DeliveryTap (aio/tap.py): writes without a hop
         self._opening = asyncio.Lock()
 
-    def publish_now(self, reply_to: str | bytes, body: bytes, properties: Properties, task_id: str) -> bool:
+    def publish_now(self, reply_to: str, body: bytes, properties: Properties, task_id: str) -> bool:
         """Send one reply if that needs no waiting: True once it is written or queued (or lost,
         logged); False if it needs :meth:`publish` (no connection yet, or aiormq's queue is full)."""
         channel = self._channel
@@ -51,13 +51,13 @@ class ReplyPublisher:
             return False
         try:
             frames = self._frames(channel, reply_to, body, properties)
-        except (TypeError, ValueError) as exc:
+        except ValueError as exc:
             self._lost(task_id, reply_to, exc)
             return True
         # Written now, behind whatever aiormq has queued on this connection (aio/tap.py).
         return bool(self._tap.write(frames))
 
-    async def publish(self, reply_to: str | bytes, body: bytes, properties: Properties, task_id: str) -> None:
+    async def publish(self, reply_to: str, body: bytes, properties: Properties, task_id: str) -> None:
         """Send one reply; on any failure log it (naming the task) and drop the connection it used."""
         if self.publish_now(reply_to, body, properties, task_id):
             return
@@ -73,13 +73,11 @@ class ReplyPublisher:
             await self._drop(used)
 
     @staticmethod
-    def _lost(task_id: str, reply_to: str | bytes, exc: BaseException) -> None:
+    def _lost(task_id: str, reply_to: str, exc: BaseException) -> None:
         log.warning("the reply for task %s to %r was lost (%s)", task_id, reply_to[:120], f"{type(exc).__name__}: {exc}"[:200])
 
     @staticmethod
-    def _frames(channel: Any, reply_to: str | bytes, body: bytes, properties: Properties) -> bytes:
-        if not isinstance(reply_to, str):  # not UTF-8 (aio/wire.py keeps such values as bytes)
-            raise TypeError("reply_to is not valid UTF-8")
+    def _frames(channel: Any, reply_to: str, body: bytes, properties: Properties) -> bytes:
         if len(reply_to.encode()) > 255:
             raise ValueError("reply_to is longer than 255 bytes")
         data = encode_publish(
@@ -91,7 +89,8 @@ class ReplyPublisher:
 
     async def _open(self) -> tuple[Any, Any]:
         async with self._opening:
-            if self._channel is None or self._channel.is_closed or self._connection.is_closed:
+            # A closing socket can come before aiormq marks the channel closed: not that one again.
+            if self._channel is None or self._channel.is_closed or self._connection.is_closed or self._tap.closing:
                 await self._drop(self._connection)
                 connection = await aconnect(self._settings, f"{self._name} replies pid={os.getpid()}")
                 channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()

@@ -199,3 +199,14 @@ def test_a_reply_is_read_only_whole_and_only_for_the_reply_consumer() -> None:
     assert read_confirms_and_replies(reply, 3, "another") == (0, [])
     assert read_confirms_and_replies(reply, 3, None) == (0, [])
     assert read_confirms_and_replies(message(4, b"r"), 3, TAG) == (0, [])
+
+
+def test_content_frames_out_of_place_turn_the_router_into_a_pass_through() -> None:
+    short_header = bytes((2, 0, 1, 0, 0, 0, 4)) + b"\x00\x3c\x00\x00" + b"\xce"  # 4 bytes: no body size
+    body_first = pamqp.frame.marshal(ContentBody(b"b"), 1)
+    for wrong in (short_header, body_first):
+        router = FrameRouter()
+        router.take(1, TAG)
+        items = router.feed(deliver(1) + wrong + message(1, b"after"))  # no exception escapes
+        assert router.passthrough
+        assert passed_bytes(items) == wrong + message(1, b"after")  # the deliver frame was taken already

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from amqptasks.worker.inline import (
+    BLOCKING,
     DEMOTE_AFTER,
     INSTANT,
     PROMOTE_AFTER,
@@ -58,6 +59,12 @@ def test_a_second_loop_call_that_blocks_soon_after_the_first_sends_the_task_back
     assert policy.ran_inline("t.add", DEMOTE_AFTER) is True  # twice within the window: it blocks
     assert not policy.runs_inline("t.add", redelivered=False)
     promoted(policy)  # instant again, many times: still on threads
+    assert not policy.runs_inline("t.add", redelivered=False)
+
+
+def test_one_loop_call_that_blocks_long_sends_the_task_back_at_once() -> None:
+    policy = promoted(InlinePolicy())
+    assert policy.ran_inline("t.add", BLOCKING) is True
     assert not policy.runs_inline("t.add", redelivered=False)
 
 
