@@ -224,33 +224,36 @@ def read_confirms_and_replies(
 
 def _read_content(data: bytes | bytearray | memoryview, pos: int, channel: int) -> tuple[int, Reply] | None:
     """The header and body frames at ``pos``, if all there: (where they end, the reply)."""
-    size = len(data)
-    if size - pos < _FRAME_START.size:
+    header = _payload_at(data, pos, FRAME_HEADER, channel)
+    if header is None:
         return None
-    kind, number, length = _FRAME_START.unpack_from(data, pos)
-    end = pos + _FRAME_START.size + length + 1
-    if kind != FRAME_HEADER or number != channel or end > size or data[end - 1] != END_OCTET:
-        return None
-    header = bytes(data[pos + _FRAME_START.size : end - 1])
+    pos, payload = header
     try:
-        body_size = _BODY_SIZE.unpack_from(header, 4)[0]
-        correlation_id = _correlation_id(header)
+        body_size = _BODY_SIZE.unpack_from(payload, 4)[0]
+        correlation_id = _correlation_id(payload)
     except (struct.error, IndexError, UnicodeDecodeError):
         return None  # the client library reads what this does not
     parts: list[bytes] = []
     received = 0
-    pos = end
     while received < body_size:
-        if size - pos < _FRAME_START.size:
+        body = _payload_at(data, pos, FRAME_BODY, channel)
+        if body is None:
             return None
-        kind, number, length = _FRAME_START.unpack_from(data, pos)
-        end = pos + _FRAME_START.size + length + 1
-        if kind != FRAME_BODY or number != channel or end > size or data[end - 1] != END_OCTET:
-            return None
-        parts.append(bytes(data[pos + _FRAME_START.size : end - 1]))
-        received += length
-        pos = end
+        pos, part = body
+        parts.append(part)
+        received += len(part)
     return pos, Reply(correlation_id, b"".join(parts))
+
+
+def _payload_at(data: bytes | bytearray | memoryview, pos: int, kind: int, channel: int) -> tuple[int, bytes] | None:
+    """(where it ends, its payload) of the whole ``kind`` frame on ``channel`` at ``pos``, else None."""
+    if len(data) - pos < _FRAME_START.size:
+        return None
+    found, number, length = _FRAME_START.unpack_from(data, pos)
+    end = pos + _FRAME_START.size + length + 1
+    if found != kind or number != channel or end > len(data) or data[end - 1] != END_OCTET:
+        return None
+    return end, bytes(data[pos + _FRAME_START.size : end - 1])
 
 
 def _correlation_id(header: bytes) -> str | None:
