@@ -25,6 +25,7 @@ WARM = 200  # untimed sends first: connection set-up, declarations, first-call c
 WINDOW = 256  # sends in flight for the asyncio publishers
 URL = os.environ["BENCH_URL"]
 QUEUE = os.environ["BENCH_QUEUE"]
+TASK = os.environ.get("BENCH_TASK")  # the task to send instead of the no-op (the I/O-bound scenario's)
 
 
 def repeat(one: Callable[[], Any]) -> Callable[[int], None]:
@@ -77,7 +78,7 @@ def atimed(count: int, prefill: bool, setup: Callable[[], Awaitable[Callable[[in
 def publish_amqptasks(system: str, count: int, prefill: bool) -> float:
     import bench_amqptasks as m
 
-    task = m.anoop if system == "at_async_def" else m.noop
+    task = getattr(m, TASK) if TASK else m.anoop if system == "at_async_def" else m.noop
 
     one_by_one = repeat(task.delay)
 
@@ -110,14 +111,14 @@ def _plain(count: int, send: Callable[[int], None]) -> float:
 def publish_celery(count: int, prefill: bool) -> float:
     import bench_celery as m
 
-    send = repeat(m.noop.delay)
+    send = repeat(getattr(m, TASK or "noop").delay)
     return _plain(count, send) if prefill else timed(count, send)
 
 
 def publish_dramatiq(count: int, prefill: bool) -> float:
     import bench_dramatiq as m
 
-    send = repeat(m.noop.send)
+    send = repeat(getattr(m, TASK or "noop").send)
     try:
         return _plain(count, send) if prefill else timed(count, send)
     finally:
@@ -140,7 +141,7 @@ def publish_taskiq(count: int, prefill: bool) -> float:
 
     async def setup() -> Callable[[int], Awaitable[None]]:
         await m.broker.startup()
-        return lambda n: windowed(n, m.noop.kiq)
+        return lambda n: windowed(n, getattr(m, TASK or "noop").kiq)
 
     return atimed(count, prefill, setup, m.broker.shutdown)
 

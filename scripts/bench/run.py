@@ -2,7 +2,7 @@
 """The amqptasks benchmark suite: amqptasks against Celery, Dramatiq, FastStream, Taskiq and raw
 pika / aio-pika, on one RabbitMQ, interleaved (A B C A B C ...) after a warm-up round.
 
-    .venv/bin/python scripts/bench/run.py [--quick] [--scenarios publish,drain,rpc,memory,delay]
+    .venv/bin/python scripts/bench/run.py [--quick] [--scenarios publish,drain,io,rpc,memory,delay]
                                           [--repeats N] [--systems KEY,...] [--profile]
 
 Writes results/bench.json, results/bench.md and results/bench.png (and, with --profile,
@@ -32,16 +32,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import report  # noqa: E402
 from common import RESULTS, URL, BenchError  # noqa: E402
 from scenarios import Params, Sample, measure  # noqa: E402
-from systems import SCENARIOS, System  # noqa: E402
+from systems import IO_CEILING, SCENARIOS, System  # noqa: E402
 
 console = Console()
 
 
 def sizes(quick: bool, workdir: Path) -> Params:
     if quick:
-        return Params(publish=2_000, drain=4_000, rpc=300, delay=40, delay_low=0.5, delay_high=2.0,
+        return Params(publish=2_000, drain=4_000, io=5_000, rpc=300, delay=40, delay_low=0.5, delay_high=2.0,
                       settle=2.0, workdir=workdir)
-    return Params(publish=20_000, drain=20_000, rpc=2_000, delay=200, delay_low=1.0, delay_high=5.0,
+    return Params(publish=20_000, drain=20_000, io=5_000, rpc=2_000, delay=200, delay_low=1.0, delay_high=5.0,
                   settle=3.0, workdir=workdir)
 
 
@@ -49,6 +49,8 @@ def size_text(scenario: str, p: Params) -> str:
     return {
         "publish": f"{p.publish:,} tasks per system and repeat",
         "drain": f"{p.drain:,} no-op tasks pre-filled, timed first to last completion",
+        "io": f"{p.io:,} tasks pre-filled that each sleep 10 ms, 64 at once per system, timed first to last "
+              f"completion; ceiling 64 / 10 ms = {IO_CEILING:,.0f} tasks/s",
         "rpc": f"{p.rpc:,} sequential round trips",
         "memory": f"idle worker, RSS of all its processes after {p.settle:g}s",
         "delay": f"{p.delay} tasks, countdowns uniform in {p.delay_low:g}–{p.delay_high:g}s",

@@ -22,7 +22,15 @@ from common import (
     run_client,
     wait_depth,
 )
-from systems import PREFILL, System, entities, worker_command, write_topology
+from systems import (
+    IO_CEILING,
+    IO_PREFILL,
+    PREFILL,
+    System,
+    entities,
+    worker_command,
+    write_topology,
+)
 
 Sample = dict[str, Any]
 
@@ -33,6 +41,7 @@ class Params:
 
     publish: int
     drain: int
+    io: int  # tasks of the I/O-bound scenario (each sleeps 10 ms)
     rpc: int
     delay: int
     delay_low: float
@@ -41,7 +50,7 @@ class Params:
     workdir: Path
 
     def warmup(self) -> Params:
-        return Params(max(200, self.publish // 10), max(500, self.drain // 10), max(50, self.rpc // 10),
+        return Params(max(200, self.publish // 10), max(500, self.drain // 10), max(500, self.io // 10), max(50, self.rpc // 10),
                       max(10, self.delay // 4), self.delay_low, min(self.delay_high, 2.0), 1.0, self.workdir)
 
 
@@ -99,11 +108,22 @@ def publish(run: Run) -> Sample:
 
 
 def drain(run: Run) -> Sample:
-    n = run.params.drain
-    key = PREFILL.get(run.system.key, run.system.key)
+    return _drain(run, run.params.drain, PREFILL)
+
+
+def io(run: Run) -> Sample:
+    """The I/O-bound drain: tasks that each wait 10 ms, 64 at once per system."""
+    sample = _drain(run, run.params.io, IO_PREFILL, io=True)
+    sample["ceiling_pct"] = 100 * sample["rate"] / IO_CEILING
+    return sample
+
+
+def _drain(run: Run, n: int, prefill: dict[str, str], io: bool = False) -> Sample:
+    """Pre-fill ``n`` tasks, start a 2-process worker, time the first to the last completion."""
+    key = prefill.get(run.system.key, run.system.key)
     run.client("publish", key, "--count", str(n), "--prefill", timeout=60 + n / 100)
     wait_depth(run.queue, n, timeout=60)
-    command, _ = worker_command(run.system.family, run.queue, 2)
+    command, _ = worker_command(run.system.family, run.queue, 2, io=io)
     run.worker = worker = Worker(command, run.env(), run.params.workdir / f"{run.queue}.log").start()
     beam = broker_pid()
     deadline = time.monotonic() + 60 + n / 200
@@ -182,12 +202,13 @@ def delay(run: Run) -> Sample:
     }
 
 
-MEASURES = {"publish": publish, "drain": drain, "rpc": rpc, "memory": memory, "delay": delay}
+MEASURES = {"publish": publish, "drain": drain, "io": io, "rpc": rpc, "memory": memory, "delay": delay}
 
 # The figure each scenario is judged by, and whether more of it is better.
 METRIC: dict[str, tuple[str, str, bool]] = {
     "publish": ("rate", "msg/s", True),
     "drain": ("rate", "tasks/s", True),
+    "io": ("rate", "tasks/s", True),
     "rpc": ("p50_ms", "ms p50", False),
     "memory": ("rss_mb", "MiB RSS", False),
     "delay": ("p50_ms", "ms late p50", False),

@@ -49,21 +49,43 @@ def write_topology(directory: Path, queue: str) -> Path:
     return path
 
 
-def worker_command(family: str, queue: str, processes: int, rpc: bool = False) -> tuple[list[str], int]:
-    """(command, consumers on ``queue`` once it is ready) for ``processes`` worker processes."""
-    n = str(processes)
+def _safe_default() -> list[str]:
+    """Worker flags that give the safe default: every plain ``def`` task on a worker thread.
+
+    While the worker still runs plain tasks proven instant on its event loop unless told
+    ``--no-inline`` (WorkerConfig.inline defaults to True), the benchmark passes that flag; once
+    running on the loop is a per-task opt-in (issue 15, item 1), the default is already safe."""
+    from amqptasks.worker.config import WorkerConfig
+
+    return ["--no-inline"] if getattr(WorkerConfig(), "inline", False) is True else []
+
+
+IO_SLOTS = 32  # per process, 2 processes: the I/O-bound scenario's 64 concurrent slots per system
+IO_SLEEP = 0.01  # seconds each of its tasks waits (BENCH_SLEEP's default in tasks/)
+IO_CEILING = 2 * IO_SLOTS / IO_SLEEP  # tasks/s if every slot always waited and nothing else took time
+
+
+def worker_command(family: str, queue: str, processes: int, rpc: bool = False, io: bool = False) -> tuple[list[str], int]:
+    """(command, consumers on ``queue`` once it is ready) for ``processes`` worker processes.
+
+    ``io``: the I/O-bound scenario's configuration, ``IO_SLOTS`` tasks at once per process."""
+    n, slots = str(processes), str(IO_SLOTS)
     if family == "amqptasks":
+        sized = ["--threads", slots, "--prefetch", slots] if io else []
         return [PYTHON, "-m", "amqptasks", "worker", "-A", "bench_amqptasks", "--queues", queue,
-                "--processes", n, "--loglevel", "warning"], processes
-    if family == "celery":  # prefork: one consumer in the main process feeds the pool
-        return [str(BIN / "celery"), "-A", "bench_celery", "worker", "-P", "prefork", "-c", n, "-Q", queue,
+                "--processes", n, *sized, *_safe_default(), "--loglevel", "warning"], processes
+    if family == "celery":  # prefork: one consumer in the main process feeds the pool; io: one process of threads
+        pool = ["-P", "threads", "-c", str(IO_SLOTS * processes)] if io else ["-P", "prefork", "-c", n]
+        return [str(BIN / "celery"), "-A", "bench_celery", "worker", *pool, "-Q", queue,
                 "--loglevel", "warning"], 1
-    if family == "dramatiq":  # threads: its default (8 per process)
-        return [str(BIN / "dramatiq"), "bench_dramatiq", "-p", n], processes
+    if family == "dramatiq":  # threads: its default (8 per process); io: 32
+        return [str(BIN / "dramatiq"), "bench_dramatiq", "-p", n, *(["-t", slots] if io else [])], processes
     if family == "faststream":
         return [str(BIN / "faststream"), "run", "bench_faststream:app", "--workers", n, "--log-level", "warning"], processes
-    if family == "taskiq":
-        return [str(BIN / "taskiq"), "worker", "bench_taskiq:broker", "--workers", n, "--log-level", "WARNING"], processes
+    if family == "taskiq":  # io: 32 async tasks at once per process (and qos 32, BENCH_QOS in the System's env)
+        limit = ["--max-async-tasks", slots] if io else []
+        return [str(BIN / "taskiq"), "worker", "bench_taskiq:broker", "--workers", n, *limit,
+                "--log-level", "WARNING"], processes
     kind = "pika" if family == "raw_pika" else "aiopika"  # raw consumers: always one process
     return [PYTHON, str(TASKS_DIR / "raw_consumer.py"), kind, *(["--rpc"] if rpc else [])], 1
 
@@ -91,7 +113,7 @@ PUBLISH = [
 ]
 
 DRAIN = [
-    System("at", "amqptasks", "amqptasks", "--processes 2 (8 threads, prefetch 32 each), def task"),
+    System("at", "amqptasks", "amqptasks", "--processes 2 (8 threads, prefetch 32 each), def task on a thread"),
     System("at_async_def", "amqptasks async def", "amqptasks", "--processes 2, async def task", vs="at"),
     System("celery", "Celery", "celery", "prefork -c 2 (prefetch x4)", vs="at"),
     System("dramatiq", "Dramatiq", "dramatiq", "-p 2 (8 threads each)", vs="at"),
@@ -101,6 +123,18 @@ DRAIN = [
     System("raw_aiopika", "raw aio-pika", "raw_aiopika", "1 process, prefetch 32", vs="at"),
 ]
 PREFILL = {"at": "at_batch", "at_async_def": "at_async_def", "raw_aiopika": "raw_pika"}
+
+SLEEPY = {"task": "sleepy"}
+IO = [
+    System("at", "amqptasks def", "amqptasks", "--processes 2 --threads 32 --prefetch 32, time.sleep(0.01)", env=SLEEPY),
+    System("at_async_def", "amqptasks async def", "amqptasks", "--processes 2 --prefetch 32, asyncio.sleep(0.01)",
+           env={"task": "asleepy"}),
+    System("dramatiq", "Dramatiq", "dramatiq", "-p 2 -t 32, time.sleep(0.01)", vs="at", env=SLEEPY),
+    System("celery", "Celery threads", "celery", "-P threads -c 64 (1 process), time.sleep(0.01)", vs="at", env=SLEEPY),
+    System("taskiq", "Taskiq", "taskiq", "--workers 2 --max-async-tasks 32, qos 32, asyncio.sleep(0.01)",
+           vs="at_async_def", env={**SLEEPY, "qos": IO_SLOTS}),
+]
+IO_PREFILL = {"at": "at_batch", "at_async_def": "at_batch"}
 
 RPC = [
     System("at_sync", "amqptasks delay().get()", "amqptasks", "direct reply-to, 1 worker process"),
@@ -127,4 +161,4 @@ DELAY = [
     System("dramatiq", "Dramatiq delay", "dramatiq", "held by the worker until due, -p 1", vs="at"),
 ]
 
-SCENARIOS = {"publish": PUBLISH, "drain": DRAIN, "rpc": RPC, "memory": MEMORY, "delay": DELAY}
+SCENARIOS = {"publish": PUBLISH, "drain": DRAIN, "io": IO, "rpc": RPC, "memory": MEMORY, "delay": DELAY}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -9,8 +10,10 @@ from amqptasks import App
 
 QUEUE = os.environ["BENCH_QUEUE"]
 DONE = os.environ.get("BENCH_DONE", os.devnull)
+SLEEP = float(os.environ.get("BENCH_SLEEP", "0.01"))  # the I/O-bound scenario's wait
 
 app = App("bench_amqptasks", broker=os.environ["BENCH_URL"], topology=os.environ["BENCH_TOPOLOGY"])
+
 
 @app.task(queue=QUEUE, ignore_result=True)
 def noop() -> None:
@@ -20,6 +23,20 @@ def noop() -> None:
 
 @app.task(queue=QUEUE, ignore_result=True)
 async def anoop() -> None:
+    with open(DONE, "ab") as f:
+        f.write(b".")
+
+
+@app.task(queue=QUEUE, ignore_result=True)
+def sleepy() -> None:
+    time.sleep(SLEEP)
+    with open(DONE, "ab") as f:
+        f.write(b".")
+
+
+@app.task(queue=QUEUE, ignore_result=True)
+async def asleepy() -> None:
+    await asyncio.sleep(SLEEP)
     with open(DONE, "ab") as f:
         f.write(b".")
 

@@ -9,6 +9,7 @@ from celery import Celery
 
 QUEUE = os.environ["BENCH_QUEUE"]
 DONE = os.environ.get("BENCH_DONE", os.devnull)
+SLEEP = float(os.environ.get("BENCH_SLEEP", "0.01"))  # the I/O-bound scenario's wait
 
 app = Celery("bench_celery", broker=os.environ["BENCH_URL"], backend="rpc://" if os.environ.get("BENCH_RPC") else None)
 app.conf.task_default_queue = QUEUE
@@ -32,3 +33,10 @@ def late(due: float) -> None:
     lateness = time.time() - due
     with open(DONE, "a") as f:
         f.write(f"{lateness:.6f}\n")
+
+
+@app.task(ignore_result=True)
+def sleepy() -> None:
+    time.sleep(SLEEP)
+    with open(DONE, "ab") as f:
+        f.write(b".")
