@@ -1,5 +1,13 @@
 """Sending a consuming channel's acks: coalesced once per loop turn (see core/acks.py for which),
-written to the socket at once when nothing is ahead of them (aio/tap.py), else through aiormq."""
+written to the socket at once when nothing is ahead of them (aio/tap.py), else through aiormq.
+
+Every delivery finished in a loop turn is acked at the end of that turn: the contiguous prefix
+with one multiple ack, deliveries above a still-running one singly. An ack held back is a prefetch
+slot the broker cannot refill: with as many threads as prefetch (I/O-bound tasks), the slot's
+thread waits idle for it. Holding acks above a gap until it closed (at most half the prefetch, at
+most 50 ms) saved a few frames, and cost the I/O-bound benchmark x1.27 tasks/s and the no-op
+drain x1.23 (scripts/bench/experiment.py, one run each; the README's Performance section).
+"""
 
 from __future__ import annotations
 
@@ -13,24 +21,20 @@ from amqptasks.core.frames import encode_ack
 
 log = logging.getLogger("amqptasks.worker")
 
-#: How long finished deliveries above a still-running one wait before they are acked singly.
-HOLD_SECONDS = 0.05
-
 
 class AckSender:
     """The acks of one consuming channel. Delivery tags restart on a new channel: make a new one."""
 
     def __init__(
-        self, channel: Any, hold: int, recoverable: tuple[type[BaseException], ...], write: Callable[[bytes], bool] | None = None
+        self, channel: Any, recoverable: tuple[type[BaseException], ...], write: Callable[[bytes], bool] | None = None
     ) -> None:
         """``write``: sends frames now if nothing is queued before them, else returns False
         (:meth:`amqptasks.aio.tap.DeliveryTap.write`); without it, every ack goes through aiormq."""
         self.channel = channel
         self._write = write
-        self._window = AckWindow(hold=hold)
+        self._window = AckWindow(hold=1)  # nothing finished waits for a gap below it to close
         self._recoverable = recoverable
         self._scheduled = False
-        self._timer: asyncio.TimerHandle | None = None
         self._sends: set[asyncio.Task[None]] = set()
         # One batch at a time, in order (the lock is FIFO): a multiple ack from a later batch must
         # not overtake a single ack it covers, or the broker sees that tag twice and closes the channel.
@@ -49,9 +53,6 @@ class AckSender:
 
     async def flush_now(self, timeout: float) -> None:
         """Before closing on purpose: every finished delivery's ack queued for writing."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._flush(force=True)
         if self._sends:
             await asyncio.wait(set(self._sends), timeout=timeout)
@@ -63,13 +64,6 @@ class AckSender:
             send = asyncio.ensure_future(self._send(batch))
             self._sends.add(send)
             send.add_done_callback(self._sends.discard)
-        if self._window.waiting and self._timer is None:
-            # Finished deliveries above a still-running one: ack them soon even if it runs on.
-            self._timer = asyncio.get_running_loop().call_later(HOLD_SECONDS, self._flush_held)
-
-    def _flush_held(self) -> None:
-        self._timer = None
-        self._flush(force=True)
 
     def _write_now(self, batch: AckBatch) -> bool:
         """Written behind everything already queued; False if it has to wait its turn."""

@@ -92,7 +92,7 @@ class Consumer:
             confirm_channel.close_callbacks.add(on_close)
             self._consume = cast(aiormq.Channel, await consume_channel.get_underlay_channel())
             tap = connection.tap
-            acks = AckSender(self._consume, max(1, self.config.prefetch // 2), RECOVERABLE, write=tap.write)
+            acks = AckSender(self._consume, RECOVERABLE, write=tap.write)
             copies = CopyPublisher(await confirm_channel.get_underlay_channel(), self._targets, self.app.settings)
             self._handler.begin(acks, copies, lost)
             # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
