@@ -16,12 +16,12 @@ CEILING = "ceiling"
 TARGETS: list[tuple[str, str, str, str, float]] = [
     ("drain", "at", "dramatiq", ">=", 1.5),
     ("drain", "at", "celery", ">=", 3.0),
+    ("drain", "at", "faststream", ">=", 2.0),
+    ("drain", "at", "raw_pika", ">=", 0.6),
     ("io", "at", CEILING, ">=", 0.85),
     ("io", "at", "dramatiq", ">=", 1.15),
     ("io", "at_async_def", CEILING, ">=", 0.90),
     ("io", "at_async_def", "taskiq", ">=", 1.3),
-    ("drain", "at", "faststream", ">=", 2.0),
-    ("drain", "at", "raw_pika", ">=", 0.6),
     ("rpc", "at_sync", "raw_pika", "<=", 1.3),
     ("rpc", "at_sync", "celery", "<=", 0.4),
     ("publish", "at_async", "raw_aiopika", ">=", 1.0),
@@ -97,10 +97,16 @@ def _fmt(value: float | None, digits: int = 0) -> str:
     return f"{value:,.{digits}f}"
 
 
+def _load(values: Any) -> str:
+    return " / ".join(f"{v:.1f}" for v in values) if values else "?"
+
+
 def markdown(meta: dict[str, Any], summary: dict[str, list[dict[str, Any]]], verdicts: list[dict[str, Any]]) -> str:
     lines = [f"# amqptasks benchmark — {meta['date']}", "", f"`{meta['command']}`", "",
              f"{meta['machine']} (broker {meta.get('broker', '?')}); {meta['repeats']} interleaved repeats after a warm-up round; "
-             "ratio = median over repeats of (amqptasks / peer) for the scenario's figure.", ""]
+             "ratio = median over repeats of (amqptasks / peer) for the scenario's figure.", "",
+             f"Load average (1, 5, 15 min) before: {_load(meta.get('loadavg_before'))}, after: {_load(meta.get('loadavg_after'))} "
+             "(other work on the machine shows here; absolute figures move with it, ratios less).", ""]
     for scenario, rows in summary.items():
         _key, unit, higher = METRIC[scenario]
         extras = EXTRA[scenario]
