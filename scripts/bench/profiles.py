@@ -31,13 +31,16 @@ def _stop_spy(spy: subprocess.Popen[bytes]) -> None:
         spy.wait(timeout=5)
 
 
-def profile_worker(out: Path, params: Params, key: str, count: int) -> None:
-    """Pre-fill ``count`` tasks, start a 2-process worker under py-spy, stop when all are done."""
-    run = Run("profile", OURS, params)
+def profile_worker(out: Path, params: Params, key: str, count: int, task: str | None = None) -> None:
+    """Pre-fill ``count`` tasks, start a 2-process worker under py-spy, stop when all are done.
+
+    ``task``: the task to send instead of the no-op; ``sleepy`` runs the I/O-bound scenario's
+    tasks with its worker configuration."""
+    run = Run("profile", System("at", "amqptasks", "amqptasks", env={"task": task}) if task else OURS, params)
     try:
         run.client("publish", key, "--count", str(count), "--prefill", timeout=60 + count / 100)
         wait_depth(run.queue, count, timeout=60)
-        command, _ = worker_command("amqptasks", run.queue, 2)
+        command, _ = worker_command("amqptasks", run.queue, 2, io=task is not None)
         run.worker = Worker(command, run.env(), params.workdir / f"{run.queue}.log").start()
         spy = subprocess.Popen([*PYSPY, "--subprocesses", "--pid", str(run.worker.pid), "--output", str(out)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -132,6 +135,7 @@ def run_all(results: Path, params: Params) -> None:
     jobs = [
         ("profile-worker", lambda out: profile_worker(out, params, "at_batch", drain)),
         ("profile-worker-async-def", lambda out: profile_worker(out, params, "at_async_def", drain)),
+        ("profile-worker-io", lambda out: profile_worker(out, params, "at_batch", params.io, task="sleepy")),
         ("profile-producer-sync", lambda out: profile_producer(out, params, "at_sync", 5_000)),
         ("profile-producer-batch", lambda out: profile_producer(out, params, "at_batch", 50_000)),
         ("profile-producer-async", lambda out: profile_producer(out, params, "at_async", 30_000)),

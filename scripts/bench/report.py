@@ -105,8 +105,8 @@ def markdown(meta: dict[str, Any], summary: dict[str, list[dict[str, Any]]], ver
     lines = [f"# amqptasks benchmark — {meta['date']}", "", f"`{meta['command']}`", "",
              f"{meta['machine']} (broker {meta.get('broker', '?')}); {meta['repeats']} interleaved repeats after a warm-up round; "
              "ratio = median over repeats of (amqptasks / peer) for the scenario's figure.", "",
-             f"Load average (1, 5, 15 min) before: {_load(meta.get('loadavg_before'))}, after: {_load(meta.get('loadavg_after'))} "
-             "(other work on the machine shows here; absolute figures move with it, ratios less).", ""]
+             (f"Load average (1, 5, 15 min) before: {_load(meta.get('loadavg_before'))}, after: {_load(meta.get('loadavg_after'))} "
+              "(other work on the machine shows here; absolute figures move with it, ratios less)."), ""]
     for scenario, rows in summary.items():
         _key, unit, higher = METRIC[scenario]
         extras = EXTRA[scenario]
