@@ -5,7 +5,7 @@ Every delivery finished in a loop turn is acked at the end of that turn: the con
 with one multiple ack, deliveries above a still-running one singly. An ack held back is a prefetch
 slot the broker cannot refill: with as many threads as prefetch (I/O-bound tasks), the slot's
 thread waits idle for it. Holding acks above a gap until it closed (at most half the prefetch, at
-most 50 ms) saved a few frames, and cost the I/O-bound benchmark x1.27 tasks/s and the no-op
+most 50 ms) saved a few frames, and cost the I/O-bound benchmark x1.27-1.40 tasks/s and the no-op
 drain x1.23 (scripts/bench/experiment.py, one run each; the README's Performance section).
 """
 
