@@ -96,6 +96,11 @@ class Task:
         self.options = options
         self.name = options.name
         self.is_async = inspect.iscoroutinefunction(fn)
+        if options.inline and self.is_async:
+            raise ConfigurationError(
+                f"task {self.name!r}: inline=True is for plain (def) functions; an async def task always "
+                "runs on the worker's event loop; remove inline=True"
+            )
         self._signature = inspect.signature(fn)
         if options.bind and not self._signature.parameters:
             raise ConfigurationError(f"task {self.name!r}: bind=True needs a first parameter (self) to receive the task")

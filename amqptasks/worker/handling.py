@@ -155,7 +155,8 @@ class DeliveryHandler:
         except PoisonMessage:
             return None  # on_message reports it
         message = decoded.prepared.message
-        if decoded.prepared.task.is_async or not self._inline.runs_inline(message.task, redelivered):
+        task = decoded.prepared.task
+        if task.is_async or not task.options.inline or not self._inline.runs_inline(message.task, redelivered):
             return decoded
         if message.expires_ms is not None and time.time() * 1000 > message.expires_ms:
             return decoded
@@ -258,12 +259,13 @@ class DeliveryHandler:
         if self._stopping.is_set():
             return None
         name = prepared.message.task
-        if self._inline.runs_inline(name, redelivered):  # see worker/inline.py
+        opted_in = prepared.task.options.inline  # @app.task(inline=True); others never run on the loop
+        if opted_in and self._inline.runs_inline(name, redelivered):  # see worker/inline.py
             return self._run_inline(prepared)
         if self._threads is None:
             self._threads = ThreadHandoff(asyncio.get_running_loop(), run_sync, self.config.threads, self.name)
         threaded = await self._threads.submit(prepared)
-        if threaded is not None:
+        if threaded is not None and opted_in:
             self._inline.ran_on_thread(name, threaded.seconds)
         return threaded
 
