@@ -1,0 +1,163 @@
+"""A/B of the worker's delivery handling between two git revisions, in one run, alternating.
+
+    .venv/bin/python scripts/bench_worker_ab.py --a 81d267c --b HEAD [--rounds 4] [--rpc 1500] [--batch 4000]
+
+Each revision's ``amqptasks`` package is exported (``git archive``) and run as the worker
+(``--processes 1``); the producer is this checkout's. Two tasks: ``add`` declared
+``inline=True`` where the revision knows the option (the event-loop fast path), and
+``add_plain`` (a default ``def`` task). Scenarios: RPC p50 (sequential ``delay().get()``, after 200
+warm-up calls, so a task that promotes has promoted) and a batch (``send_many`` of N then every
+``get()``, tasks/s). Prints medians per revision and the ratio b/a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pika
+
+ROOT = Path(__file__).resolve().parents[1]
+URL = os.environ.get("AMQPTASKS_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+TASKS = """
+from amqptasks import App
+from amqptasks.errors import ConfigurationError
+
+app = App({module!r})
+QUEUE = {queue!r}
+
+def add(x, y):
+    return x + y
+
+try:
+    add = app.task(queue=QUEUE, name="add", inline=True)(add)
+except ConfigurationError:  # a revision before inline=True: its def tasks promote themselves
+    add = app.task(queue=QUEUE, name="add")(add)
+
+@app.task(queue=QUEUE, name="add_plain")
+def add_plain(x, y):
+    return x + y
+"""
+
+
+def export(rev: str, into: Path) -> Path:
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev, "amqptasks"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    check = subprocess.run(
+        [sys.executable, "-c", "import amqptasks; print(amqptasks.__file__)"],
+        env=dict(os.environ, PYTHONPATH=str(into)), cwd=into.parent, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    if not check.startswith(str(into)):
+        raise SystemExit(f"revision {rev}: the worker would import {check}, not the exported tree")
+    return into
+
+
+def wait_consumer(queue: str, worker: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise SystemExit(f"the worker exited {worker.returncode}:\n{log.read_text(errors='replace')[-3000:]}")
+        connection = pika.BlockingConnection(pika.URLParameters(URL))
+        try:
+            if connection.channel().queue_declare(queue, passive=True).method.consumer_count:
+                return
+        except pika.exceptions.ChannelClosedByBroker:
+            pass
+        finally:
+            if connection.is_open:
+                connection.close()
+        time.sleep(0.2)
+    raise SystemExit(f"no consumer on {queue} after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def delete(queue: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(URL))
+    try:
+        for name in (queue, f"{queue}.dead"):
+            connection.channel().queue_delete(name)
+    finally:
+        connection.close()
+
+
+def measure(tree: Path, workdir: Path, label: str, rpc: int, batch: int) -> dict[str, float]:
+    queue = f"bench-ab-{uuid.uuid4().hex[:8]}"
+    module = f"ab_{label}_{uuid.uuid4().hex[:6]}"
+    (workdir / f"{module}.py").write_text(textwrap.dedent(TASKS.format(module=module, queue=queue)))
+    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{workdir}", AMQPTASKS_BROKER_URL=URL)
+    log = (workdir / f"{module}.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "amqptasks", "worker", "-A", module, "-Q", queue, "--processes", "1", "-l", "warning"],
+        cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    sys.path.insert(0, str(workdir))
+    try:
+        wait_consumer(queue, worker, workdir / f"{module}.log")
+        tasks = importlib.import_module(module)
+        out: dict[str, float] = {}
+        for name in ("add", "add_plain"):
+            task = getattr(tasks, name)
+            for i in range(200):
+                assert task.delay(i, 1).get(timeout=30) == i + 1
+            times = []
+            for i in range(rpc):
+                started = time.perf_counter()
+                task.delay(i, 2).get(timeout=30)
+                times.append(time.perf_counter() - started)
+            out[f"rpc p50 µs {name}"] = statistics.median(times) * 1e6
+            started = time.perf_counter()
+            results = tasks.app.send_many([task.s(i, 3) for i in range(batch)])
+            assert [r.get(timeout=60) for r in results] == [i + 3 for i in range(batch)]
+            out[f"batch tasks/s {name}"] = batch / (time.perf_counter() - started)
+        tasks.app.close()
+        return out
+    finally:
+        sys.path.remove(str(workdir))
+        worker.terminate()
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        log.close()
+        delete(queue)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--a", required=True)
+    parser.add_argument("--b", default="HEAD")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rpc", type=int, default=1500)
+    parser.add_argument("--batch", type=int, default=4000)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-ab-"))
+    try:
+        trees = {"a": export(args.a, base / "a"), "b": export(args.b, base / "b")}
+        samples: dict[str, dict[str, list[float]]] = {"a": {}, "b": {}}
+        for round_ in range(args.rounds):
+            for label in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
+                for key, value in measure(trees[label], base, label, args.rpc, args.batch).items():
+                    samples[label].setdefault(key, []).append(value)
+        print(f"A = {args.a}, B = {args.b}; {args.rounds} alternating rounds, medians; worker --processes 1")
+        print("| metric | A | B | B/A |\n|---|---|---|---|")
+        for key in samples["a"]:
+            a, b = statistics.median(samples["a"][key]), statistics.median(samples["b"][key])
+            print(f"| {key} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
