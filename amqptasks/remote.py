@@ -31,7 +31,9 @@ from __future__ import annotations
 import builtins
 import sys
 import threading
-from collections.abc import Iterable
+import types
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from amqptasks import errors
@@ -42,18 +44,17 @@ def _lookup(exc_type: str) -> type[Exception] | None:
     """The class ``exc_type`` names, if the caller has it loaded; never imports, never runs code."""
     if not exc_type or not all(part.isidentifier() for part in exc_type.split(".")):
         return None
+    found: Any
     if "." not in exc_type:  # the worker names built-ins (and amqptasks' own errors) without a module
         found = vars(builtins).get(exc_type) or vars(errors).get(exc_type)
         return found if isinstance(found, type) and issubclass(found, Exception) else None
     parts = exc_type.split(".")
     for cut in range(len(parts) - 1, 0, -1):  # the longest loaded module prefix, then the qualname
-        module = sys.modules.get(".".join(parts[:cut]))
-        if module is None:
+        found = sys.modules.get(".".join(parts[:cut]))
+        if found is None:
             continue
-        found: Any = module
         for name in parts[cut:]:
-            namespace = getattr(found, "__dict__", None)  # a plain mapping read: no __getattr__ runs
-            found = namespace.get(name) if namespace is not None else None
+            found = _namespace(found).get(name)
             if found is None:
                 break
         if isinstance(found, type) and issubclass(found, Exception):
@@ -65,6 +66,18 @@ def _lookup(exc_type: str) -> type[Exception] | None:
 # StopIteration raised out of get() inside a generator or coroutine would become a RuntimeError;
 # exception groups need their sub-exceptions; a TaskError is one already.
 NEVER_REBUILT = (StopIteration, StopAsyncIteration, BaseExceptionGroup, TaskError)
+
+
+def _namespace(owner: object) -> Mapping[str, Any]:
+    """A module's or a plain class's own names, read without running any ``__getattr__`` or
+    ``__getattribute__`` of theirs; anything else has none (we do not look inside objects)."""
+    if isinstance(owner, types.ModuleType):
+        namespace = object.__getattribute__(owner, "__dict__")
+    elif type(owner) is type:
+        namespace = type.__getattribute__(owner, "__dict__")
+    else:
+        return {}
+    return namespace if isinstance(namespace, dict | MappingProxyType) else {}
 
 
 def _safe_to_subclass(cls: type[Exception]) -> bool:

@@ -102,3 +102,17 @@ def test_the_settings_turn_it_off_whole_or_per_type() -> None:
         ExceptionRebuilder(enabled="yes")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="not_rebuilt must be a list"):
         ExceptionRebuilder(not_rebuilt="KeyError")
+
+
+class Outer:
+    class Inner(KeyError):
+        pass
+
+
+def test_a_nested_class_by_qualname_and_pickling_gives_a_task_error() -> None:
+    import pickle
+
+    error = ExceptionRebuilder().exception(f"{__name__}.Outer.Inner", "deep", "", "i")
+    assert isinstance(error, Outer.Inner) and isinstance(error, KeyError) and str(error) == "deep"
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is TaskError and again.exc_type == f"{__name__}.Outer.Inner"
