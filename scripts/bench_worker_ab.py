@@ -149,11 +149,16 @@ def main() -> int:
             for label in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
                 for key, value in measure(trees[label], base, label, args.rpc, args.batch).items():
                     samples[label].setdefault(key, []).append(value)
-        print(f"A = {args.a}, B = {args.b}; {args.rounds} alternating rounds, medians; worker --processes 1")
-        print("| metric | A | B | B/A |\n|---|---|---|---|")
+        load = os.getloadavg()[0]
+        print(f"A = {args.a}, B = {args.b}; {args.rounds} alternating rounds; worker --processes 1; "
+              f"load average at the end {load:.1f} on {os.cpu_count()} CPUs (compare in one run only)")
+        print("| metric | A median | B median | B/A median | A best | B best | B/A best |\n|---|---|---|---|---|---|---|")
         for key in samples["a"]:
             a, b = statistics.median(samples["a"][key]), statistics.median(samples["b"][key])
-            print(f"| {key} | {a:,.0f} | {b:,.0f} | {b / a:.2f} |")
+            best = min if key.startswith("rpc") else max  # latency: lowest; throughput: highest
+            a_best, b_best = best(samples["a"][key]), best(samples["b"][key])
+            print(f"| {key} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {a_best:,.0f} | {b_best:,.0f} | {b_best / a_best:.2f} |")
+        print("samples:", {label: {k: [round(v) for v in vs] for k, vs in d.items()} for label, d in samples.items()})
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
