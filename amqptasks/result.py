@@ -46,7 +46,7 @@ class AsyncResult:
     ``asend`` may be read with ``get()`` from another thread than the event loop's.
     """
 
-    __slots__ = ("id", "task_name", "_source", "_outcome", "_ignored", "_errors")
+    __slots__ = ("_errors", "_ignored", "_outcome", "_source", "id", "task_name")
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class AsyncResult:
         if source is not None:
             try:
                 source.forget(self.id)
-            except Exception:  # never raise from __del__ (interpreter shutdown, dead loop)
+            except Exception:  # noqa: BLE001, S110  (never raise from __del__: interpreter shutdown, dead loop)
                 pass
 
     def _bind(self, source: ResultSource) -> None:

@@ -10,8 +10,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.core.options import NO_SEND_OPTIONS, SendOptions, TaskOptions, unsupported_send_options
-from amqptasks.core.routing import NO_ROUTE, Outgoing, RouteSpec, match_route, outgoing, resolve
+from amqptasks.core.options import (
+    NO_SEND_OPTIONS,
+    SendOptions,
+    TaskOptions,
+    unsupported_send_options,
+)
+from amqptasks.core.routing import (
+    NO_ROUTE,
+    Outgoing,
+    RouteSpec,
+    match_route,
+    outgoing,
+    resolve,
+)
 from amqptasks.core.topology import Topology
 from amqptasks.errors import ConfigurationError
 from amqptasks.result import AsyncResult
