@@ -7,7 +7,9 @@ Each revision's ``amqptasks`` package is exported (``git archive``) and run as t
 ``inline=True`` where the revision knows the option (the event-loop fast path), and
 ``add_plain`` (a default ``def`` task). Scenarios: RPC p50 (sequential ``delay().get()``, after 200
 warm-up calls, so a task that promotes has promoted) and a batch (``send_many`` of N then every
-``get()``, tasks/s). Prints medians per revision and the ratio b/a.
+``get()``): tasks/s, and the worker's CPU time per task (user + system, its processes), which
+other load on a shared machine disturbs far less than wall time. Prints medians and bests per
+revision and the ratios b/a.
 """
 
 from __future__ import annotations
@@ -82,6 +84,18 @@ def wait_consumer(queue: str, worker: subprocess.Popen[bytes], log: Path, timeou
     raise SystemExit(f"no consumer on {queue} after {timeout}s:\n{log.read_text(errors='replace')[-3000:]}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children (the consumer processes), from /proc: less
+    sensitive than wall time to other load on a shared machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
 def delete(queue: str) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(URL))
     try:
@@ -116,10 +130,12 @@ def measure(tree: Path, workdir: Path, label: str, rpc: int, batch: int) -> dict
                 task.delay(i, 2).get(timeout=30)
                 times.append(time.perf_counter() - started)
             out[f"rpc p50 µs {name}"] = statistics.median(times) * 1e6
+            cpu = cpu_seconds(worker.pid)
             started = time.perf_counter()
             results = tasks.app.send_many([task.s(i, 3) for i in range(batch)])
             assert [r.get(timeout=60) for r in results] == [i + 3 for i in range(batch)]
             out[f"batch tasks/s {name}"] = batch / (time.perf_counter() - started)
+            out[f"worker CPU µs/task {name}"] = (cpu_seconds(worker.pid) - cpu) / batch * 1e6
         tasks.app.close()
         return out
     finally:
@@ -155,7 +171,7 @@ def main() -> int:
         print("| metric | A median | B median | B/A median | A best | B best | B/A best |\n|---|---|---|---|---|---|---|")
         for key in samples["a"]:
             a, b = statistics.median(samples["a"][key]), statistics.median(samples["b"][key])
-            best = min if key.startswith("rpc") else max  # latency: lowest; throughput: highest
+            best = max if key.startswith("batch") else min  # throughput: highest; latency and CPU: lowest
             a_best, b_best = best(samples["a"][key]), best(samples["b"][key])
             print(f"| {key} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {a_best:,.0f} | {b_best:,.0f} | {b_best / a_best:.2f} |")
         print("samples:", {label: {k: [round(v) for v in vs] for k, vs in d.items()} for label, d in samples.items()})
