@@ -1,6 +1,7 @@
 """A/B of the worker's delivery handling between two git revisions, in one run, alternating.
 
     .venv/bin/python scripts/bench_worker_ab.py --a 81d267c --b HEAD [--rounds 4] [--rpc 1500] [--batch 4000]
+    .venv/bin/python scripts/bench_worker_ab.py --a 7374e83 --b HEAD --micro --rounds 10
 
 Each revision's ``amqptasks`` package is exported (``git archive``) and run as the worker
 (``--processes 1``); the producer is this checkout's. Two tasks: ``add`` declared
@@ -51,6 +52,58 @@ except ConfigurationError:  # a revision before inline=True: its def tasks promo
 def add_plain(x, y):
     return x + y
 """
+
+
+# --micro: the worker's own code for one inline delivery (DeliveryHandler._handle_now, from the
+# bytes off the socket to the ack queued), in-process with the broker I/O stubbed: CPU only, so a
+# shared machine's load moves it far less than the end-to-end figures.
+MICRO = """
+import asyncio, sys, time
+from types import SimpleNamespace
+from amqptasks import App
+from amqptasks.errors import ConfigurationError
+from amqptasks.worker.config import WorkerConfig
+from amqptasks.worker.handling import DONE, DeliveryHandler
+
+app = App("micro")
+def add(x, y):
+    return x + y
+try:
+    add = app.task(name="add", queue="q", inline=True)(add)
+except ConfigurationError:
+    add = app.task(name="add", queue="q")(add)
+item = add.prepare((1, 2))
+p = item.properties
+props = SimpleNamespace(reply_to="amq.rabbitmq.reply-to.abc", headers=p.headers, content_type=p.content_type,
+                        priority=p.priority)
+channel = object()
+delivery = SimpleNamespace(body=item.body, header=SimpleNamespace(properties=props),
+                           delivery=SimpleNamespace(delivery_tag=1, redelivered=False), channel=channel)
+
+async def main():
+    handler = DeliveryHandler(app, WorkerConfig(queues=("q",)), "W", asyncio.Event())
+    handler._acks = SimpleNamespace(channel=channel, ack=lambda tag: None)
+    handler._replies = SimpleNamespace(publish_now=lambda *a: True)
+    for _ in range(64):
+        handler._inline.ran_on_thread("add", 0.0)
+    # No demotion: one call preempted for 10 ms on a loaded machine would end the measurement.
+    handler._inline.ran_inline = lambda task, seconds: False
+    assert handler._handle_now(delivery, "q") is DONE
+    n = int(sys.argv[1])
+    started = time.process_time()
+    for _ in range(n):
+        handler._handle_now(delivery, "q")
+    assert handler._inline.runs_inline("add", False)
+    print((time.process_time() - started) / n * 1e6)
+
+asyncio.run(main())
+"""
+
+
+def micro(tree: Path, calls: int) -> float:
+    done = subprocess.run([sys.executable, "-c", MICRO, str(calls)], env=dict(os.environ, PYTHONPATH=str(tree)),
+                          cwd=tree.parent, check=True, capture_output=True, text=True)
+    return float(done.stdout.strip())
 
 
 def export(rev: str, into: Path) -> Path:
@@ -156,6 +209,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--rpc", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=4000)
+    parser.add_argument("--micro", action="store_true", help="only the in-process CPU time of one inline delivery")
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="bench-ab-"))
     try:
@@ -163,7 +217,11 @@ def main() -> int:
         samples: dict[str, dict[str, list[float]]] = {"a": {}, "b": {}}
         for round_ in range(args.rounds):
             for label in ("a", "b") if round_ % 2 == 0 else ("b", "a"):
-                for key, value in measure(trees[label], base, label, args.rpc, args.batch).items():
+                if args.micro:
+                    results = {"inline delivery CPU µs (micro)": micro(trees[label], 100_000)}
+                else:
+                    results = measure(trees[label], base, label, args.rpc, args.batch)
+                for key, value in results.items():
                     samples[label].setdefault(key, []).append(value)
         load = os.getloadavg()[0]
         print(f"A = {args.a}, B = {args.b}; {args.rounds} alternating rounds; worker --processes 1; "
@@ -173,8 +231,8 @@ def main() -> int:
             a, b = statistics.median(samples["a"][key]), statistics.median(samples["b"][key])
             best = max if key.startswith("batch") else min  # throughput: highest; latency and CPU: lowest
             a_best, b_best = best(samples["a"][key]), best(samples["b"][key])
-            print(f"| {key} | {a:,.0f} | {b:,.0f} | {b / a:.2f} | {a_best:,.0f} | {b_best:,.0f} | {b_best / a_best:.2f} |")
-        print("samples:", {label: {k: [round(v) for v in vs] for k, vs in d.items()} for label, d in samples.items()})
+            print(f"| {key} | {a:,.1f} | {b:,.1f} | {b / a:.2f} | {a_best:,.1f} | {b_best:,.1f} | {b_best / a_best:.2f} |")
+        print("samples:", {label: {k: [round(v, 1) for v in vs] for k, vs in d.items()} for label, d in samples.items()})
     finally:
         shutil.rmtree(base, ignore_errors=True)
     return 0
