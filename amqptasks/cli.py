@@ -11,6 +11,7 @@ import enum
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -30,6 +31,7 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain help: flags shown as flags, URLs and [sections] not eaten or cut
 )
 topology_app = typer.Typer(
     help="Validate topology files, diff them against a broker, apply them, export them.",
@@ -38,6 +40,42 @@ topology_app = typer.Typer(
 cli.add_typer(topology_app, name="topology")
 dlq_app = typer.Typer(help="Inspect, replay and purge dead-letter queues.", no_args_is_help=True)
 cli.add_typer(dlq_app, name="dlq")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("amqptasks")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"amqptasks {_version()}")
+        raise typer.Exit(EXIT_OK)
+
+
+APP_HELP = (
+    "The module defining the App (default: $AMQPTASKS_APP, then [tool.amqptasks] app in "
+    "./pyproject.toml). The current directory is importable."
+)
+
+
+@cli.callback()
+def main_options(
+    ctx: typer.Context,
+    app: Annotated[str | None, typer.Option("-A", "--app", metavar="MODULE[:ATTR]",
+                   help="For the worker, given before the command as Celery has it: "
+                        "`amqptasks -A tasks worker`. " + APP_HELP)] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                       help="Print the version and exit.")] = False,
+) -> None:
+    """A RabbitMQ-first task queue."""
+    ctx.obj = {"app": app}
+
+
 # Commands import the library lazily so that `--help` and `validate` start fast.
 # Further commands register on `cli` here, e.g. `@cli.command("worker")` and
 # `cli.add_typer(dlq_app, name="dlq")`; keep them thin and reuse _exit_codes().
@@ -146,7 +184,7 @@ def export_command(
     files: Files,
     format: Annotated[ExportFormat, typer.Option("--format", "-f", help="definitions: JSON for "
                       "`rabbitmqctl import_definitions`; mermaid: a flowchart for docs.")],
-    vhost: Annotated[str, typer.Option("--vhost", help="The vhost written into definitions.")] = "/",
+    vhost: Annotated[str, typer.Option("--vhost", metavar="VHOST", help="The vhost written into definitions.")] = "/",
 ) -> None:
     """Print the topology as RabbitMQ definitions JSON or a Mermaid diagram."""
     from amqptasks.core.export import to_definitions, to_mermaid
@@ -162,26 +200,34 @@ def export_command(
 
 @cli.command("worker")
 def worker_command(
-    app: Annotated[str | None, typer.Option("-A", "--app", metavar="MODULE[:ATTR]",
-                   help="The module defining the App (default: $AMQPTASKS_APP, then [tool.amqptasks] app "
-                        "in ./pyproject.toml). The current directory is importable.")] = None,
-    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues to consume.")] = "celery",
-    processes: Annotated[int, typer.Option("--processes", "-c", help="Consumer processes (default: CPU count).")] = 0,
-    threads: Annotated[int, typer.Option("--threads", help="Threads per process for plain-function tasks.")] = 8,
-    prefetch: Annotated[int, typer.Option("--prefetch", help="Unacked messages per process (default: 4 x threads).")] = 0,
+    ctx: typer.Context,
+    app: Annotated[str | None, typer.Option("-A", "--app", metavar="MODULE[:ATTR]", help=APP_HELP)] = None,
+    queues: Annotated[str, typer.Option("--queues", "-Q", metavar="QUEUES", help="Comma-separated queues to consume.")] = "celery",
+    processes: Annotated[int, typer.Option("--processes", "-c", min=0, metavar="N", show_default="0: one per CPU",
+                         help="Consumer processes.")] = 0,
+    threads: Annotated[int, typer.Option("--threads", min=1, metavar="N", help="Threads per process for plain-function tasks.")] = 8,
+    prefetch: Annotated[int, typer.Option("--prefetch", min=0, metavar="N", show_default="0: 4 x threads",
+                        help="Unacked messages per process.")] = 0,
     broker: Broker = None,
     topology: Annotated[list[Path] | None, typer.Option("--topology", exists=True, readable=True, metavar="FILE",
-                        help="Topology files (default: the App's own).")] = None,
-    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="debug, info, warning or error.")] = "info",
-    grace: Annotated[float, typer.Option("--grace", help="Seconds running tasks get to finish on SIGTERM.")] = 30.0,
+                        show_default="the App's own", help="Topology files; give the option once per file.")] = None,
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", metavar="LEVEL",
+                        help="debug, info, warning or error (any case, as Celery's -l INFO).")] = "info",
+    grace: Annotated[float, typer.Option("--grace", min=0, metavar="SECONDS", help="Seconds running tasks get to finish on SIGTERM.")] = 30.0,
     burst: Annotated[bool, typer.Option("--burst", help="Drain the queues, then exit 0.")] = False,
     inline: Annotated[bool, typer.Option("--inline/--no-inline",
-                      help="Run a plain-function task on the event loop once it has proven instant "
-                           "(32 calls in a row under 0.1 ms); --no-inline: always on a thread.")] = True,
+                      help="Let tasks declared @app.task(inline=True) run on the event loop once proven "
+                           "instant (32 calls in a row under 0.1 ms). --no-inline: a kill switch that keeps "
+                           "those on threads too (other plain tasks always run on threads).")] = True,
 ) -> None:
     """Consume tasks: prefetch, late acks, replies, dead-letters, graceful shutdown, reconnects."""
     from amqptasks.worker.command import exec_worker
 
+    before = (ctx.obj or {}).get("app")  # `amqptasks -A tasks worker` (Celery's order)
+    if before is not None and app is not None and before != app:
+        typer.echo(f"-A given twice ({before!r} before worker, {app!r} after); give it once", err=True)
+        raise typer.Exit(2)
+    app = app if app is not None else before
     # Hands over to a process without typer (exec, same PID): see amqptasks/worker/__main__.py.
     exec_worker(
         app=app, queues=queues, processes=processes, threads=threads, prefetch=prefetch, broker=broker,
@@ -196,11 +242,11 @@ Queue = Annotated[str, typer.Argument(metavar="QUEUE", help="The dead-letter que
 @dlq_app.command("list")
 def dlq_list_command(
     queue: Queue,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most this many.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, metavar="N", help="Show at most this many.")] = 20,
     broker: Broker = None,
 ) -> None:
     """Show dead letters (id, task, exception, when, retries); they stay in the queue."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from rich.console import Console
     from rich.table import Table
@@ -215,7 +261,7 @@ def dlq_list_command(
         table.add_column(column, overflow="fold")
     for info in found:
         when = (
-            datetime.fromtimestamp(info.dead_at_ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            datetime.fromtimestamp(info.dead_at_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
             if info.dead_at_ms is not None else "-"
         )
         table.add_row(info.task_id, info.task, info.exception or info.reason, when, str(info.retries),
@@ -226,8 +272,8 @@ def dlq_list_command(
 @dlq_app.command("replay")
 def dlq_replay_command(
     queue: Queue,
-    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, help="Replay at most this many.")] = None,
-    task: Annotated[str | None, typer.Option("--task", help="Only messages of this task name.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", min=1, metavar="N", help="Replay at most this many.")] = None,
+    task: Annotated[str | None, typer.Option("--task", metavar="NAME", help="Only messages of this task name.")] = None,
     broker: Broker = None,
 ) -> None:
     """Send dead letters back to the queue they came from (confirmed, then acked; retries reset)."""

@@ -85,7 +85,13 @@ class UnknownTask(AmqpTasksError):
 
 
 class TaskError(AmqpTasksError):
-    """The task raised on the worker. Carries the remote exception's type, message and traceback."""
+    """The task raised on the worker. Carries the remote exception's type, message and traceback.
+
+    ``get()`` raises an instance of a class that derives from both this and the remote type when
+    the caller has that type loaded (``except ValueError:`` works; see :mod:`amqptasks.remote`);
+    otherwise a plain TaskError."""
+
+    task_name: str = ""  # the task that raised, when known
 
     def __init__(self, exc_type: str, exc_message: str, traceback: str = "", task_id: str = "") -> None:
         self.exc_type = exc_type

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from amqptasks.core.envelope import STATUS_FAILURE, STATUS_SUCCESS, Outcome
 from amqptasks.errors import AmqpTasksError, TaskError
+from amqptasks.remote import ExceptionRebuilder
 
 PENDING = "PENDING"
 SUCCESS = STATUS_SUCCESS
@@ -45,14 +46,23 @@ class AsyncResult:
     ``asend`` may be read with ``get()`` from another thread than the event loop's.
     """
 
-    __slots__ = ("id", "task_name", "_source", "_outcome", "_ignored")
+    __slots__ = ("_errors", "_ignored", "_outcome", "_source", "id", "task_name")
 
-    def __init__(self, task_id: str, task_name: str = "", source: ResultSource | None = None, *, ignored: bool = False) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        task_name: str = "",
+        source: ResultSource | None = None,
+        *,
+        ignored: bool = False,
+        errors: ExceptionRebuilder | None = None,
+    ) -> None:
         self.id = task_id
         self.task_name = task_name
         self._source = source
         self._outcome: Outcome | None = None
         self._ignored = ignored  # sent without reply_to (ignore_result=True): no reply will come
+        self._errors = errors  # the app's: which remote exception types get() raises as themselves
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"
@@ -64,7 +74,7 @@ class AsyncResult:
         if source is not None:
             try:
                 source.forget(self.id)
-            except Exception:  # never raise from __del__ (interpreter shutdown, dead loop)
+            except Exception:  # noqa: BLE001, S110  (never raise from __del__: interpreter shutdown, dead loop)
                 pass
 
     def _bind(self, source: ResultSource) -> None:
@@ -95,19 +105,38 @@ class AsyncResult:
                 self._keep(outcome)
         return self._outcome
 
-    def get(self, timeout: float | None = None) -> Any:
-        """The task's return value. Raises TaskError if it failed, ResultTimeout after ``timeout`` s."""
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """The task's return value, or (``propagate=False``) the exception it raised.
+
+        A task that raised ``ValueError`` makes this raise an exception that ``except ValueError``
+        and ``except TaskError`` both catch (see :mod:`amqptasks.remote`; a type the caller has not
+        loaded is a plain :class:`TaskError`); it carries ``exc_type``, ``exc_message`` and the remote
+        ``traceback``. Raises :class:`ResultTimeout` after ``timeout`` seconds.
+        """
         if self._outcome is None:
             self._keep(self._require_source().wait(self.id, timeout))
-        assert self._outcome is not None
-        return self._outcome.unwrap()
+        return self._value(propagate)
 
-    async def aget(self, timeout: float | None = None) -> Any:
+    async def aget(self, timeout: float | None = None, propagate: bool = True) -> Any:
         """``get()`` for asyncio code."""
         if self._outcome is None:
             self._keep(await self._require_source().await_(self.id, timeout))
-        assert self._outcome is not None
-        return self._outcome.unwrap()
+        return self._value(propagate)
+
+    def _value(self, propagate: bool) -> Any:
+        outcome = self._outcome
+        assert outcome is not None
+        if outcome.successful:
+            return outcome.value
+        error = self._exception(outcome)
+        if propagate:
+            raise error
+        return error
+
+    def _exception(self, outcome: Outcome) -> TaskError:
+        if self._errors is None:
+            return TaskError(outcome.exc_type, outcome.exc_message, outcome.traceback, outcome.task_id)
+        return self._errors.exception(outcome.exc_type, outcome.exc_message, outcome.traceback, outcome.task_id, self.task_name)
 
     def ready(self) -> bool:
         """True once the reply arrived (success or failure). Does not block."""
@@ -133,13 +162,13 @@ class AsyncResult:
 
     @property
     def result(self) -> Any:
-        """The value once SUCCESS, the TaskError once FAILURE, None while PENDING (like Celery)."""
+        """The value once SUCCESS, the exception ``get()`` raises once FAILURE, None while PENDING (like Celery)."""
         outcome = self._peek()
         if outcome is None:
             return None
         if outcome.successful:
             return outcome.value
-        return TaskError(outcome.exc_type, outcome.exc_message, outcome.traceback, outcome.task_id)
+        return self._exception(outcome)
 
     @property
     def traceback(self) -> str | None:

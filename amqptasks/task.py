@@ -10,8 +10,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.core.options import NO_SEND_OPTIONS, SendOptions, TaskOptions, unsupported_send_options
-from amqptasks.core.routing import NO_ROUTE, Outgoing, RouteSpec, match_route, outgoing, resolve
+from amqptasks.core.options import (
+    NO_SEND_OPTIONS,
+    SendOptions,
+    TaskOptions,
+    unsupported_send_options,
+)
+from amqptasks.core.routing import (
+    NO_ROUTE,
+    Outgoing,
+    RouteSpec,
+    match_route,
+    outgoing,
+    resolve,
+)
 from amqptasks.core.topology import Topology
 from amqptasks.errors import ConfigurationError
 from amqptasks.result import AsyncResult
@@ -96,6 +108,11 @@ class Task:
         self.options = options
         self.name = options.name
         self.is_async = inspect.iscoroutinefunction(fn)
+        if options.inline and self.is_async:
+            raise ConfigurationError(
+                f"task {self.name!r}: inline=True is for plain (def) functions; an async def task always "
+                "runs on the worker's event loop; remove inline=True"
+            )
         self._signature = inspect.signature(fn)
         if options.bind and not self._signature.parameters:
             raise ConfigurationError(f"task {self.name!r}: bind=True needs a first parameter (self) to receive the task")
@@ -123,6 +140,12 @@ class Task:
         else:
             self._signature.bind(*args, **kwargs)
 
+    def _call_text(self, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> str:
+        """``tasks.add(3, y=4)``: the call as the user wrote it, for error messages (shortened)."""
+        shown = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in (kwargs or {}).items()]
+        text = ", ".join(shown)
+        return f"{self.name}({text if len(text) <= 120 else text[:117] + '...'})"
+
     # --- building messages (pure) ------------------------------------------------------------
 
     def _route(self) -> RouteSpec:
@@ -141,7 +164,10 @@ class Task:
             raise TypeError(f"{self.name}: args must be a list or tuple, got {type(args).__name__}")
         if kwargs is not None and type(kwargs) is not dict and not isinstance(kwargs, Mapping):
             raise TypeError(f"{self.name}: kwargs must be a dict, got {type(kwargs).__name__}")
-        self.signature_check(args, kwargs or {})
+        try:
+            self.signature_check(args, kwargs or {})
+        except TypeError as exc:
+            raise TypeError(f"{self._call_text(args, kwargs)}: {exc}") from None
         now_ms = time.time_ns() // 1_000_000
         send_route = (
             NO_ROUTE if options is NO_SEND_OPTIONS else RouteSpec(options.queue, options.exchange, options.routing_key)

@@ -257,12 +257,19 @@ def failure(task_id: str, exc_type: str, exc_message: str, traceback: str = "") 
 
 def encode_result(outcome: Outcome) -> tuple[bytes, Properties]:
     """Body and properties of the reply sent to the caller's ``reply_to``."""
+    _, body, properties = encode_reply(outcome)
+    return body, properties
+
+
+def encode_reply(outcome: Outcome) -> tuple[Outcome, bytes, Properties]:
+    """The outcome as the caller will see it, and its reply's body and properties: a result JSON
+    cannot carry turns into the failure the caller gets (so the worker can log that, not success)."""
     if outcome.successful:
         try:
             body = orjson.dumps({"id": outcome.task_id, "status": STATUS_SUCCESS, "result": outcome.value})
         except TypeError as exc:
             # The task returned something JSON cannot carry: the caller gets an error, not silence.
-            return encode_result(failure(outcome.task_id, "TypeError", f"task result is not JSON-serializable: {exc}"))
+            return encode_reply(failure(outcome.task_id, "TypeError", f"task result is not JSON-serializable: {exc}"))
     else:
         body = orjson.dumps(
             {
@@ -279,7 +286,7 @@ def encode_result(outcome: Outcome) -> tuple[bytes, Properties]:
         correlation_id=outcome.task_id,
         delivery_mode=1,  # replies go to a transient reply queue; persisting them buys nothing
     )
-    return body, properties
+    return outcome, body, properties
 
 
 def decode_result(body: bytes, correlation_id: str | None = None) -> Outcome:

@@ -107,6 +107,9 @@ class TaskOptions:
     retry_jitter: bool = True
     autoretry_for: tuple[type[BaseException], ...] = ()
     expires: float | None = None  # seconds after sending when the task must no longer run
+    # A plain function that may run on the worker's event loop once proven instant (worker/inline.py).
+    # Off by default: a ``def`` task then never sees a running loop (asyncio.run, Django ORM work).
+    inline: bool = False
 
     def __post_init__(self) -> None:
         owner = f"task {self.name!r}" if isinstance(self.name, str) and self.name else "task"
@@ -114,7 +117,7 @@ class TaskOptions:
         if not self.name.strip() or self.name != self.name.strip():
             raise ConfigurationError(f"{owner}: name must not be blank or start/end with whitespace")
         check_route(owner, self.queue, self.exchange, self.routing_key)
-        for flag in ("ignore_result", "bind", "retry_jitter"):
+        for flag in ("ignore_result", "bind", "retry_jitter", "inline"):
             _check_bool(owner, flag, getattr(self, flag))
         check_priority(owner, self.priority)
         if self.max_retries is not None and (

@@ -40,7 +40,7 @@ def banner(app: App, topology: Topology, config: WorkerConfig) -> str:
             f".> app:         {app.main}",
             f".> broker:      {mask_url(app.settings.broker_url)}",
             f".> concurrency: {config.processes} process(es) x {config.threads} thread(s); async tasks on each event loop"
-            + (", and plain ones once proven instant" if config.inline else ""),
+            + (", and plain ones declared inline=True once proven instant" if config.inline else ""),
             f".> prefetch:    {config.prefetch} per process (per-consumer QoS), late acks",
             f".> grace:       {config.grace:g}s" + (" (burst: exit when drained)" if config.burst else ""),
             "",

@@ -21,8 +21,16 @@ import aiormq.exceptions
 from aiormq import spec
 
 from amqptasks.aio import wire
-from amqptasks.core.envelope import Outcome, PoisonMessage, decode_task, encode_result, failure
-from amqptasks.core.retry import Retry, decide_for_task
+from amqptasks.core.envelope import (
+    Outcome,
+    PoisonMessage,
+    Properties,
+    decode_task,
+    encode_reply,
+    encode_result,
+    failure,
+)
+from amqptasks.core.retry import DeadLetter, Retry, decide_for_task
 from amqptasks.errors import BrokerUnavailable
 from amqptasks.worker.acks import AckSender
 from amqptasks.worker.config import WorkerConfig
@@ -38,21 +46,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("amqptasks.worker")
 
 
-@dataclass(frozen=True)
+# slots, not frozen: built once or twice per delivery on the inline fast path, where a frozen
+# dataclass's __init__ (object.__setattr__ per field) measurably costs; nothing mutates them.
+@dataclass(slots=True)
 class Decoded:
     """A delivery's task, ready to run, and where its reply goes."""
 
     prepared: Prepared
     reply_to: str | None
 
+    @property
+    def wants_reply(self) -> bool:
+        return bool(self.reply_to) and not self.prepared.task.options.ignore_result
 
-@dataclass(frozen=True)
+
+@dataclass(slots=True)
 class Ran:
     """A delivery's task that has run: what is left is to reply, ack, retry or dead-letter."""
 
     decoded: Decoded
     started: float  # perf_counter() when it started
     attempt: Attempt
+    outcome: Outcome  # as the caller sees it: a result JSON cannot carry is a failure here
+    reply: tuple[bytes, Properties] | None  # the encoded reply, when the caller waits for one
 
 
 class Done(enum.Enum):
@@ -118,7 +134,7 @@ class DeliveryHandler:
                 # Unsettled: end this session (if it is still the delivery's); closing the connection
                 # returns the message to the queue. Never leave it holding a prefetch slot.
                 self._end_session(delivery, f"could not settle a delivery: {brief(exc)}")
-            except Exception as exc:  # a bug of ours must not leave the message unsettled
+            except Exception as exc:  # noqa: BLE001  (a bug of ours must not leave the message unsettled)
                 await self._settle_after_internal_error(delivery, queue, exc)
             finally:
                 self.inflight.discard(task)
@@ -138,7 +154,7 @@ class DeliveryHandler:
         def take(delivery: aiormq.abc.DeliveredMessage) -> None:
             try:
                 resume = self._handle_now(delivery, queue)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001  (handled in the task: on_message settles it)
                 resume = exc
             if resume is not DONE:
                 loop.create_task(on_message(delivery, resume))  # the loop holds it until it is in _inflight
@@ -146,32 +162,26 @@ class DeliveryHandler:
         return take
 
     def _handle_now(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> Resume | Done:
-        """What can be done without waiting: DONE, or where the task in on_message goes on from."""
-        redelivered = _redelivered(delivery)
-        if redelivered or not self._inline.has_inline or self._stopping.is_set():
+        """What can be done without waiting: DONE, or where the task in on_message goes on from.
+
+        The same steps as :meth:`_handle`, in the same methods; only an opted-in plain task that
+        succeeded and whose reply can be written at once is settled here."""
+        if _redelivered(delivery) or not self._inline.has_inline or self._stopping.is_set():
             return None  # a redelivered message always runs on a thread (worker/inline.py)
         try:
             decoded = self._decode(delivery, queue)
         except PoisonMessage:
             return None  # on_message reports it
-        message = decoded.prepared.message
-        if decoded.prepared.task.is_async or not self._inline.runs_inline(message.task, redelivered):
+        prepared = decoded.prepared
+        task = prepared.task
+        if task.is_async or not task.options.inline or not self._inline.runs_inline(task.name, False):
             return decoded
-        if message.expires_ms is not None and time.time() * 1000 > message.expires_ms:
-            return decoded
-        if log.isEnabledFor(logging.INFO):
-            log.info("Received task: %s[%s]", message.task, message.id)
-        ran = Ran(decoded, time.perf_counter(), self._run_inline(decoded.prepared))
-        outcome = ran.attempt.outcome
-        if not outcome.successful or self._stale(delivery):
+        if _expired(prepared):
+            return decoded  # on_message dead-letters it
+        ran = self._ran(decoded, self._started(prepared), self._run_inline(prepared))
+        if not ran.outcome.successful or self._stale(delivery) or not self._reply_now(ran):
             return ran
-        if decoded.reply_to and not decoded.prepared.task.options.ignore_result:
-            body, properties = encode_result(outcome)
-            if not self._replies.publish_now(decoded.reply_to, body, properties, outcome.task_id):
-                return ran
-        self._succeeded(ran)
-        assert self._acks is not None  # not stale: there are acks
-        self._acks.ack(tag_of(delivery))
+        self._succeeded(delivery, ran)
         return DONE
 
     def _decode(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> Decoded:
@@ -187,40 +197,16 @@ class DeliveryHandler:
         ran = resume if isinstance(resume, Ran) else await self._run(delivery, queue, resume)
         if ran is None:  # settled without running (poison, expired, stopping)
             return
-        prepared, reply_to, attempt = ran.decoded.prepared, ran.decoded.reply_to, ran.attempt
-        message = prepared.message
+        message = ran.decoded.prepared.message
         if self._stale(delivery):
             log.info("Task %s[%s] finished after its connection was replaced; the broker redelivers it", message.task, message.id)
             return
-        outcome = attempt.outcome
-        dead_letter_reason = ""
-        if outcome.successful:
-            self._succeeded(ran)
+        if ran.outcome.successful:
+            if not self._reply_now(ran):
+                await self._reply(ran)
+            self._succeeded(delivery, ran)
         else:
-            elapsed = time.perf_counter() - ran.started
-            decision = decide_for_task(prepared.task.options, retries=message.retries, error=attempt.error)
-            if isinstance(decision, Retry):
-                await self._copy.retry(delivery, queue, decision)
-                log.warning(
-                    "Task %s[%s] failed (%s: %s); retry %d in %.3fs",
-                    message.task, message.id, outcome.exc_type, outcome.exc_message, decision.retries, decision.countdown,
-                )
-                await self._ack(delivery)
-                return
-            dead_letter_reason = decision.reason
-            log.error(
-                "Task %s[%s] failed in %.6fs: %s: %s", message.task, message.id, elapsed, outcome.exc_type, outcome.exc_message
-            )
-        if reply_to and not prepared.task.options.ignore_result:
-            await self._reply(reply_to, outcome)
-        if not outcome.successful:
-            await self._copy.dead_letter(
-                delivery,
-                queue,
-                reason=dead_letter_reason,
-                exc=(outcome.exc_type, outcome.exc_message, outcome.traceback),
-            )
-        await self._ack(delivery)
+            await self._failed(delivery, queue, ran)
 
     async def _run(self, delivery: aiormq.abc.DeliveredMessage, queue: str, decoded: Decoded | None) -> Ran | None:
         """Decode (unless done already) and run the delivery's task; None if settled without running."""
@@ -228,29 +214,87 @@ class DeliveryHandler:
             try:
                 decoded = self._decode(delivery, queue)
             except PoisonMessage as poison:
-                await self._reject_poison(delivery, queue, poison, wire.text(delivery.header.properties.reply_to))
+                log.warning("dead-lettering a message from %s: %s", queue, poison.reason)
+                reply_to = wire.text(delivery.header.properties.reply_to) if poison.task_id else None
+                await self._not_run(delivery, queue, poison.reason, failure(poison.task_id or "", poison.kind, poison.reason), reply_to)
                 return None
-        message = decoded.prepared.message
+        prepared = decoded.prepared
         if self._stopping.is_set():
             await self._release(delivery)
             return None
-        if message.expires_ms is not None and time.time() * 1000 > message.expires_ms:
-            await self._reject_expired(delivery, queue, message.id, message.task, decoded.reply_to, decoded.prepared)
+        if _expired(prepared):
+            reason = "expired: delivered after its expires time; not run"
+            log.warning("Task %s[%s] %s", prepared.message.task, prepared.message.id, reason)
+            reply_to = decoded.reply_to if decoded.wants_reply else None
+            await self._not_run(delivery, queue, reason, failure(prepared.message.id, "TaskExpired", reason), reply_to)
             return None
-        if log.isEnabledFor(logging.INFO):
-            log.info("Received task: %s[%s]", message.task, message.id)
-        started = time.perf_counter()
-        attempt = await self._execute(decoded.prepared, redelivered=_redelivered(delivery))
+        started = self._started(prepared)
+        attempt = await self._execute(prepared, redelivered=_redelivered(delivery))
         if attempt is None:  # stopped before it could start
             await self._release(delivery)
             return None
-        return Ran(decoded, started, attempt)
+        return self._ran(decoded, started, attempt)
 
     @staticmethod
-    def _succeeded(ran: Ran) -> None:
+    def _started(prepared: Prepared) -> float:
+        """The task starts now: log it, and return the clock its duration is measured from."""
         if log.isEnabledFor(logging.INFO):
-            message, value = ran.decoded.prepared.message, ran.attempt.outcome.value
+            log.info("Received task: %s[%s]", prepared.message.task, prepared.message.id)
+        return time.perf_counter()
+
+    @staticmethod
+    def _ran(decoded: Decoded, started: float, attempt: Attempt) -> Ran:
+        """The outcome as the caller will see it, and its reply encoded (once, for either path)."""
+        if not decoded.wants_reply:
+            return Ran(decoded, started, attempt, attempt.outcome, None)
+        outcome, body, properties = encode_reply(attempt.outcome)
+        return Ran(decoded, started, attempt, outcome, (body, properties))
+
+    def _succeeded(self, delivery: aiormq.abc.DeliveredMessage, ran: Ran) -> None:
+        """Log a success (its reply is out) and ack it."""
+        if log.isEnabledFor(logging.INFO):
+            message, value = ran.decoded.prepared.message, ran.outcome.value
             log.info("Task %s[%s] succeeded in %.6fs: %.200r", message.task, message.id, time.perf_counter() - ran.started, value)
+        self._ack(delivery)
+
+    async def _failed(self, delivery: aiormq.abc.DeliveredMessage, queue: str, ran: Ran) -> None:
+        """Retry it, or log it with its traceback, reply and dead-letter it; then ack."""
+        prepared, outcome = ran.decoded.prepared, ran.outcome
+        message = prepared.message
+        decision: Retry | DeadLetter
+        if ran.attempt.outcome.successful:  # it returned, but JSON cannot carry the result: no retry
+            decision = DeadLetter(f"{outcome.exc_type}: {outcome.exc_message}")
+        else:
+            decision = decide_for_task(prepared.task.options, retries=message.retries, error=ran.attempt.error)
+        if isinstance(decision, Retry):
+            await self._copy.retry(delivery, queue, decision)
+            log.warning(
+                "Task %s[%s] failed (%s: %s); retry %d in %.3fs",
+                message.task, message.id, outcome.exc_type, outcome.exc_message, decision.retries, decision.countdown,
+            )
+            self._ack(delivery)
+            return
+        elapsed = time.perf_counter() - ran.started
+        trace = f"\n{outcome.traceback.rstrip()}" if outcome.traceback else ""
+        log.error(
+            "Task %s[%s] failed in %.6fs: %s: %s%s", message.task, message.id, elapsed, outcome.exc_type, outcome.exc_message, trace
+        )
+        if ran.reply is not None:
+            await self._reply(ran)
+        await self._copy.dead_letter(
+            delivery, queue, reason=decision.reason, exc=(outcome.exc_type, outcome.exc_message, outcome.traceback)
+        )
+        self._ack(delivery)
+
+    async def _not_run(
+        self, delivery: aiormq.abc.DeliveredMessage, queue: str, reason: str, outcome: Outcome, reply_to: str | None
+    ) -> None:
+        """A delivery that will not run (poison, expired): its caller hears why, then dead-letter and ack."""
+        if reply_to and outcome.task_id:
+            body, properties = encode_result(outcome)
+            await self._replies.publish(reply_to, body, properties, outcome.task_id)
+        await self._copy.dead_letter(delivery, queue, reason=reason)
+        self._ack(delivery)
 
     async def _execute(self, prepared: Prepared, redelivered: bool) -> Attempt | None:
         if prepared.task.is_async:
@@ -258,12 +302,13 @@ class DeliveryHandler:
         if self._stopping.is_set():
             return None
         name = prepared.message.task
-        if self._inline.runs_inline(name, redelivered):  # see worker/inline.py
+        opted_in = prepared.task.options.inline  # @app.task(inline=True); others never run on the loop
+        if opted_in and self._inline.runs_inline(name, redelivered):  # see worker/inline.py
             return self._run_inline(prepared)
         if self._threads is None:
             self._threads = ThreadHandoff(asyncio.get_running_loop(), run_sync, self.config.threads, self.name)
         threaded = await self._threads.submit(prepared)
-        if threaded is not None:
+        if threaded is not None and opted_in:
             self._inline.ran_on_thread(name, threaded.seconds)
         return threaded
 
@@ -279,37 +324,19 @@ class DeliveryHandler:
             log.info("Task %s took %.1f ms on the event loop; it runs on a thread from now on", name, attempt.seconds * 1000)
         return attempt
 
-    async def _reject_expired(
-        self,
-        delivery: aiormq.abc.DeliveredMessage,
-        queue: str,
-        task_id: str,
-        task: str,
-        reply_to: str | None,
-        prepared: Prepared,
-    ) -> None:
-        reason = "expired: delivered after its expires time; not run"
-        log.warning("Task %s[%s] %s", task, task_id, reason)
-        if reply_to and not prepared.task.options.ignore_result:
-            await self._reply(reply_to, failure(task_id, "TaskExpired", reason))
-        await self._copy.dead_letter(delivery, queue, reason=reason)
-        await self._ack(delivery)
-
-    async def _reject_poison(
-        self, delivery: aiormq.abc.DeliveredMessage, queue: str, poison: PoisonMessage, reply_to: str | None
-    ) -> None:
-        log.warning("dead-lettering a message from %s: %s", queue, poison.reason)
-        if reply_to and poison.task_id:
-            await self._reply(reply_to, failure(poison.task_id, poison.kind, poison.reason))
-        await self._copy.dead_letter(delivery, queue, reason=poison.reason)
-        await self._ack(delivery)
-
     # --- broker writes -----------------------------------------------------------------------
 
-    async def _reply(self, reply_to: str, outcome: Outcome) -> None:
-        body, properties = encode_result(outcome)
+    def _reply_now(self, ran: Ran) -> bool:
+        """Write the reply if that needs no waiting (or none is wanted); False if :meth:`_reply` must."""
+        if ran.reply is None:
+            return True
+        assert ran.decoded.reply_to is not None  # a reply is encoded only for a reply_to
+        return self._replies.publish_now(ran.decoded.reply_to, *ran.reply, ran.outcome.task_id)
+
+    async def _reply(self, ran: Ran) -> None:
         # Its own connection (worker/replies.py); sent before the ack is queued.
-        await self._replies.publish(reply_to, body, properties, outcome.task_id)
+        assert ran.reply is not None and ran.decoded.reply_to is not None
+        await self._replies.publish(ran.decoded.reply_to, *ran.reply, ran.outcome.task_id)
 
     def _end_session(self, delivery: aiormq.abc.DeliveredMessage, reason: str) -> None:
         if not self._stale(delivery) and self._lost is not None and not self._lost.done():
@@ -327,10 +354,10 @@ class DeliveryHandler:
         log.error("internal error handling a message from %s; dead-lettering it", queue, exc_info=exc)
         try:
             await self._copy.dead_letter(delivery, queue, reason=f"internal error handling this message: {type(exc).__name__}: {exc}"[:1000])
-            await self._ack(delivery)
+            self._ack(delivery)
         except RECOVERABLE as again:  # the channel, not the message: it comes back after a reconnect
             self._end_session(delivery, f"could not dead-letter after an internal error: {brief(again)}")
-        except Exception as again:
+        except Exception as again:  # noqa: BLE001  (last resort: reject, never leave it unsettled)
             log.error("could not dead-letter it either (%s); rejecting it without requeue", brief(again))
             await self._reject(delivery, requeue=False)
 
@@ -339,7 +366,7 @@ class DeliveryHandler:
         assert self._copies is not None, "dead letters and retries need a session"
         return self._copies
 
-    async def _ack(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+    def _ack(self, delivery: aiormq.abc.DeliveredMessage) -> None:
         """Settle ``delivery``: its ack goes out with the others finished in this loop turn."""
         if self._stale(delivery):
             # Its channel died under us: the broker redelivers this message (at-least-once).
@@ -364,6 +391,11 @@ def tag_of(delivery: aiormq.abc.DeliveredMessage) -> int:
     tag = cast(spec.Basic.Deliver, delivery.delivery).delivery_tag  # a consumer's deliveries are basic.deliver
     assert tag is not None  # always on the wire
     return tag
+
+
+def _expired(prepared: Prepared) -> bool:
+    expires_ms = prepared.message.expires_ms
+    return expires_ms is not None and time.time() * 1000 > expires_ms
 
 
 def _redelivered(delivery: aiormq.abc.DeliveredMessage) -> bool:

@@ -1,5 +1,10 @@
 """Which plain-function tasks run on the event loop itself instead of a thread.
 
+Only tasks declared with ``@app.task(inline=True)`` are ever considered: by default a plain ``def``
+task always runs on a thread, where no event loop runs, so ``asyncio.run()``, Django's ORM and any
+other code that refuses a running loop behaves as in a plain call. The policy below, its demotion
+and its watchdog, concern opted-in tasks only.
+
 Handing a call to a thread and its result back costs two thread wake-ups. On the benchmark machine
 (2 cores shared with the broker) that is 150-300 µs of latency per task, measured — far longer
 than a task like ``add(x, y)`` runs. So a plain function that has proven *instant* on a thread
@@ -16,7 +21,13 @@ What keeps that safe:
 * :class:`LoopWatchdog`: a loop call still running after :data:`HANG_LIMIT` ends the process
   (its supervisor starts another; its unacked messages return to the queue), rather than leave a
   worker connected but never consuming again.
-* ``amqptasks worker --no-inline`` keeps every plain function on threads.
+* ``amqptasks worker --no-inline`` keeps every plain function on threads, opted in or not: a kill
+  switch for a deployment that finds an opted-in task misbehaving.
+
+An opted-in task still starts on threads and moves to the loop only once proven instant, rather
+than from its first call: ``inline=True`` is a promise made by whoever wrote the decorator, and the
+measurement catches a task that breaks it (a network call, a lock) before it ever blocks the loop,
+at the cost of 32 calls on threads, nothing in a drain of thousands.
 
 :class:`InlinePolicy` is the decision alone (no I/O, no clock): the consumer measures and reports.
 """
@@ -40,7 +51,10 @@ HANG_LIMIT = 30.0  # seconds one loop call may block before the process exits
 
 
 class InlinePolicy:
-    """Per task name: run on a thread (the default) or on the loop (after proving instant)."""
+    """Per task name: run on a thread (the default) or on the loop (after proving instant).
+
+    The caller reports calls of opted-in tasks only (``@app.task(inline=True)``): a task it never
+    reports never runs on the loop."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
@@ -89,7 +103,8 @@ def exit_process(what: str, seconds: float) -> None:
     blocked loop; the supervisor replaces the process and the broker requeues its messages)."""
     log.critical(
         "%s has blocked the event loop for %.0f s; exiting so that a new process takes over "
-        "(its unacked messages return to the queue). Run such tasks with --no-inline.",
+        "(its unacked messages return to the queue). Remove inline=True from the task, or run the "
+        "worker with --no-inline.",
         what,
         seconds,
     )

@@ -3,7 +3,12 @@
 Tasks in a scenario append one line per execution to a file: ``<task id> <redelivered 0|1>``.
 The ledger compares those lines with the ids the producer got confirmed, prints one summary line
 (``FAULTS <scenario>: ...``, visible with ``pytest -s`` and in the CI log) and appends the figures
-to ``results/faults-last-run.json`` so ``docs/reliability.md`` can quote the last run.
+to a JSON file, one entry per scenario.
+
+Where: ``.pytest_cache/amqptasks/faults-last-run.json`` (untracked, gitignored), so a test run leaves
+the checkout clean. ``results/faults-last-run.json`` is the committed record that
+``docs/reliability.md`` quotes; to refresh it, run the fault suite with
+``AMQPTASKS_FAULTS_RECORD=results/faults-last-run.json`` and commit the file.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[2] / "results" / "faults-last-run.json"
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "results" / "faults-last-run.json"  # the committed record (docs/reliability.md)
+# A test run writes under .pytest_cache (gitignored) unless asked to refresh the committed record.
+RESULTS = ROOT / os.environ.get("AMQPTASKS_FAULTS_RECORD", ".pytest_cache/amqptasks/faults-last-run.json")
 
 
 @dataclass(frozen=True)
@@ -71,9 +79,9 @@ def tally(scenario: str, sent_ids: Iterable[str], done: Path, started: float, de
 
 
 def record(result: Tally) -> Tally:
-    """Print the summary line and keep it in ``results/faults-last-run.json`` (one entry per scenario)."""
+    """Print the summary line and keep it in :data:`RESULTS` (one entry per scenario)."""
     print(result.line(), flush=True)
-    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     try:
         runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     except ValueError:

@@ -1,4 +1,7 @@
-"""Plain-function tasks on the event loop (worker/inline.py), seen from a real worker: where each call ran."""
+"""Plain-function tasks on the event loop (worker/inline.py), seen from a real worker: where each call ran.
+
+Only ``@app.task(inline=True)`` tasks may ever run on the loop; a plain ``def`` task by default never
+sees a running event loop, on its 1st call or its 1000th."""
 
 from __future__ import annotations
 
@@ -16,19 +19,34 @@ TASKS = """
 import asyncio
 import threading
 
-@app.task(queue=QUEUE)
+@app.task(queue=QUEUE, inline=True)
 def where(seconds):
     if seconds:
         time.sleep(seconds)
     return threading.current_thread().name
 
-@app.task(queue=QUEUE)
+@app.task(queue=QUEUE, inline=True)
 def context():
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return "thread"
     return "task" if asyncio.current_task() is not None else "socket"
+
+@app.task(queue=QUEUE)
+def plain():
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return "no loop"
+    return "running loop"
+
+async def _three():
+    return 3
+
+@app.task(queue=QUEUE)
+def runs_asyncio():
+    return asyncio.run(_three())
 """
 
 CALLS = PROMOTE_AFTER + 10
@@ -86,3 +104,39 @@ def test_no_inline_keeps_every_call_on_a_thread(workdir: tuple[Path, str], broke
         finally:
             close_app(tasks)
     assert all(on_a_thread(name) for name in names), names
+
+
+@pytest.mark.timeout(120)
+def test_a_plain_task_never_sees_a_running_loop_by_default(workdir: tuple[Path, str], broker_url: str) -> None:  # noqa: F811
+    """Many instant calls in a row (old code moved such a task onto the loop after 32 of them)."""
+    directory, queue = workdir
+    write_app(directory, "wk_plain", queue, f"QUEUE = {queue!r}\n" + TASKS)
+    with running_worker(directory, broker_url, "wk_plain", queue):
+        tasks = import_tasks(directory, "wk_plain")
+        try:
+            seen: list[str] = []
+            for _ in range(2):  # a burst of 200, then another: instant calls back to back on the worker
+                seen += [r.get(timeout=30) for r in tasks.app.send_many([tasks.plain.s() for _ in range(200)])]
+            seen += [tasks.plain.delay().get(timeout=10) for _ in range(CALLS)]  # one at a time, too
+            ran = [r.get(timeout=30) for r in tasks.app.send_many([tasks.runs_asyncio.s() for _ in range(200)])]
+            ran += [tasks.runs_asyncio.delay().get(timeout=10) for _ in range(CALLS)]
+        finally:
+            close_app(tasks)
+    assert seen.count("running loop") == 0, f"{seen.count('running loop')} of {len(seen)} calls ran on the event loop"
+    assert ran == [3] * len(ran)
+
+
+def test_inline_is_refused_for_an_async_task_and_must_be_a_bool() -> None:
+    from amqptasks import App
+    from amqptasks.errors import ConfigurationError
+
+    app = App("t_inline_opt")
+    with pytest.raises(ConfigurationError, match="inline=True is for plain"):
+
+        @app.task(inline=True)
+        async def nope() -> None: ...
+
+    with pytest.raises(ConfigurationError, match="inline must be True or False"):
+
+        @app.task(inline="yes")
+        def nope2() -> None: ...

@@ -18,7 +18,7 @@ def _worker(tmp_path: Path, broker_url: str, *args: str) -> subprocess.Completed
     env = dict(os.environ, AMQPTASKS_BROKER_URL=broker_url)
     return subprocess.run(
         [sys.executable, "-m", "amqptasks", "worker", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-        timeout=30,
+        timeout=30, check=False,
     )
 
 
@@ -44,3 +44,18 @@ def test_bad_options_are_refused_by_the_cli_before_the_hand_over(tmp_path: Path,
     done = _worker(tmp_path, broker_url, "-A", "cli_tasks", "--threads", "lots")
     assert done.returncode == 2
     assert "--threads" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_celery_order_app_before_the_command_runs_a_worker(tmp_path: Path, broker_url: str, unique: str, cleanup) -> None:  # type: ignore[no-untyped-def]
+    """``amqptasks -A tasks worker -l INFO`` as a Celery user types it: a worker that consumes."""
+    cleanup.queue(unique)
+    (tmp_path / "cli_order_tasks.py").write_text("from amqptasks import App\napp = App('cli_order_tasks')\n")
+    env = dict(os.environ, AMQPTASKS_BROKER_URL=broker_url)
+    done = subprocess.run(
+        [sys.executable, "-m", "amqptasks", "-A", "cli_order_tasks", "worker", "-l", "INFO", "-Q", unique,
+         "--processes", "1", "--burst"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=50, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cli_order_tasks" in done.stdout + done.stderr  # the banner names the app it loaded
