@@ -26,6 +26,7 @@ H_ID = "id"
 H_RETRIES = "retries"
 H_ETA = "eta"  # epoch milliseconds, when the task is due (set when it was delayed)
 H_EXPIRES = "expires"  # epoch milliseconds, after which the task must not run
+H_DELAY_TO = "delay-to"  # [exchange, routing key] a delayed message is for (read if it cannot get there)
 
 # Headers added when a message is dead-lettered by amqptasks (``x-death`` is the broker's own).
 H_DEAD_REASON = "x-amqptasks-reason"
@@ -341,10 +342,18 @@ BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queu
                         "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
 
 
-def retry_headers(original: Mapping[str, Any] | None, *, retries: int, due_ms: int) -> dict[str, Any]:
+def retry_headers(
+    original: Mapping[str, Any] | None, *, retries: int, due_ms: int, delayed_to_queue: str | None = None
+) -> dict[str, Any]:
     """The headers of a retry's republished copy: the count raised, the due time set, and the
-    broker's dead-letter history (from earlier delays) dropped so it does not grow per retry."""
+    broker's dead-letter history (from earlier delays) dropped so it does not grow per retry.
+    ``delayed_to_queue``: the queue a retry going through the delay cascade is for (its
+    ``delay-to``); without it any ``delay-to`` of the original send is dropped."""
     headers = {k: v for k, v in (original or {}).items() if k not in BROKER_DEATH_HEADERS}
     headers[H_RETRIES] = retries
     headers[H_ETA] = due_ms
+    if delayed_to_queue is not None:
+        headers[H_DELAY_TO] = ["", delayed_to_queue]
+    else:
+        headers.pop(H_DELAY_TO, None)
     return headers
