@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from amqptasks.core.jsonvalues import NotJson, dumps, dumps_body
 from amqptasks.errors import TaskError
 
 PROTOCOL_VERSION = 1
@@ -106,14 +107,11 @@ class TaskMessage:
     extra_headers: Mapping[str, Any] = field(default_factory=dict)
 
 
-def encode_body(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any] | None) -> bytes:
-    """``{"args": [...], "kwargs": {...}}`` as JSON; raises TypeError naming what is not JSON-able."""
-    try:
-        return orjson.dumps({"args": list(args), "kwargs": dict(kwargs or {})})
-    except TypeError as exc:
-        raise TypeError(
-            f"task arguments must be JSON-serializable (str, int, float, bool, None, list, dict): {exc}"
-        ) from None
+def encode_body(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any] | None, task: str = "task") -> bytes:
+    """``{"args": [...], "kwargs": {...}}`` as strict JSON (core/jsonvalues.py: tuples become
+    arrays, nothing else changes). Raises :class:`NotJson` (a TypeError) naming the task, the
+    argument's path and the fix: ``add: args[1]['when']: datetime is not JSON; send .isoformat() ...``."""
+    return dumps_body(args, kwargs, task)
 
 
 def encode_task(message: TaskMessage, *, timestamp: int | None = None) -> tuple[bytes, Properties]:
@@ -162,7 +160,7 @@ def encode_new_task(
         priority=priority,
         timestamp=timestamp,
     )
-    return encode_body(args, kwargs), properties
+    return encode_body(args, kwargs, task), properties
 
 
 def _int_header(headers: Mapping[str, Any], name: str, task_id: str | None) -> int | None:
@@ -236,6 +234,7 @@ class Outcome:
     exc_type: str = ""
     exc_message: str = ""
     traceback: str = ""
+    value_json: bytes | None = field(default=None, compare=False, repr=False)  # ``value``, checked and encoded
 
     @property
     def successful(self) -> bool:
@@ -252,6 +251,13 @@ def success(task_id: str, value: Any) -> Outcome:
     return Outcome(task_id, STATUS_SUCCESS, value=value)
 
 
+def checked_success(task_id: str, task: str, value: Any) -> Outcome:
+    """A task's return value as an outcome, encoded now under the strict JSON rule; raises
+    :class:`NotJson` (``add: result['at']: datetime is not JSON; ...``) for a value the caller
+    would receive changed. The worker treats that like the task raising it: a failure."""
+    return Outcome(task_id, STATUS_SUCCESS, value=value, value_json=dumps(value, task, "result"))
+
+
 def failure(task_id: str, exc_type: str, exc_message: str, traceback: str = "") -> Outcome:
     return Outcome(task_id, STATUS_FAILURE, exc_type=exc_type, exc_message=exc_message, traceback=traceback)
 
@@ -260,10 +266,12 @@ def encode_result(outcome: Outcome) -> tuple[bytes, Properties]:
     """Body and properties of the reply sent to the caller's ``reply_to``."""
     if outcome.successful:
         try:
-            body = orjson.dumps({"id": outcome.task_id, "status": STATUS_SUCCESS, "result": outcome.value})
-        except TypeError as exc:
+            value = outcome.value_json if outcome.value_json is not None else dumps(outcome.value, "task", "result")
+        except NotJson as exc:
             # The task returned something JSON cannot carry: the caller gets an error, not silence.
-            return encode_result(failure(outcome.task_id, "TypeError", f"task result is not JSON-serializable: {exc}"))
+            return encode_result(failure(outcome.task_id, "TypeError", str(exc)))
+        head = orjson.dumps({"id": outcome.task_id, "status": STATUS_SUCCESS})
+        body = head[:-1] + b',"result":' + value + b"}"
     else:
         body = orjson.dumps(
             {
@@ -294,7 +302,7 @@ def decode_result(body: bytes, correlation_id: str | None = None) -> Outcome:
         return failure(task_id, "ProtocolError", "result body is not a JSON object")
     task_id = str(payload.get("id") or task_id)
     if payload.get("status") == STATUS_SUCCESS:
-        return success(task_id, payload.get("result"))
+        return Outcome(task_id, STATUS_SUCCESS, value=payload.get("result"))
     return failure(
         task_id,
         str(payload.get("exc_type") or "Error"),
