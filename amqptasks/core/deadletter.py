@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from amqptasks.core.delays import UNROUTABLE_SUFFIX
 from amqptasks.core.envelope import (
     BROKER_DEATH_HEADERS,
     H_DEAD_AT,
@@ -22,7 +23,6 @@ from amqptasks.core.envelope import (
     H_TASK,
     H_TRACEBACK,
 )
-from amqptasks.core.delays import UNROUTABLE_SUFFIX
 from amqptasks.core.topology import Binding, Queue, Topology
 
 DEAD_SUFFIX = ".dead"

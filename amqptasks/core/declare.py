@@ -12,7 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from amqptasks.core.plan import describe_entry, exchange_advice, queue_advice, render_plan
+from amqptasks.core.plan import (
+    describe_entry,
+    exchange_advice,
+    queue_advice,
+    render_plan,
+)
 from amqptasks.core.plan_types import Difference, EntityKind, EntityPlan, Plan
 from amqptasks.core.topology import Binding, Exchange, Queue
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from amqptasks.core.delays import LANDING_QUEUE_TYPE, DELAY_EXCHANGE_PREFIX, landing_for
+from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LANDING_QUEUE_TYPE, landing_for
 from amqptasks.core.routing import Destination, Outgoing
 from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, PublishError, UnroutableError

@@ -21,8 +21,12 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, delay_routing_key, entry_exchange
 from amqptasks.core import envelope
+from amqptasks.core.delays import (
+    DELAY_EXCHANGE_PREFIX,
+    delay_routing_key,
+    entry_exchange,
+)
 from amqptasks.core.topology import DEFAULT_EXCHANGE, DEFAULT_QUEUE, Route
 
 

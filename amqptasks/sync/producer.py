@@ -28,7 +28,12 @@ from amqptasks.core.frames import encode_publish
 from amqptasks.core.preflight import Check, Landing, Preflight
 from amqptasks.core.routing import Outgoing
 from amqptasks.core.topology import Topology
-from amqptasks.errors import AmqpTasksError, PublishError, PublishTimeout, UnroutableError
+from amqptasks.errors import (
+    AmqpTasksError,
+    PublishError,
+    PublishTimeout,
+    UnroutableError,
+)
 from amqptasks.settings import Settings
 from amqptasks.sync.connection import connect
 from amqptasks.sync.direct import DirectSocket

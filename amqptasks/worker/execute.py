@@ -8,7 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.core.envelope import Outcome, PoisonMessage, TaskMessage, checked_success, failure
+from amqptasks.core.envelope import (
+    Outcome,
+    PoisonMessage,
+    TaskMessage,
+    checked_success,
+    failure,
+)
 from amqptasks.core.jsonvalues import NotJson
 from amqptasks.errors import TaskRetry
 

@@ -180,9 +180,9 @@ def test_a_message_whose_queue_is_deleted_while_it_waits_is_dead_lettered_with_t
     unroutable = unroutable_queue(prefix)
     assert wait_for(lambda: queue_counts(broker_url, unroutable)[0] == 1, 15)
     assert waiting(broker_url, prefix) == 0  # not parked in a level queue
-    assert reasons(broker_url, unroutable) == [(
-        f"destination queue {gone!r} did not exist when the delay ended (the broker found no route from the delay "
-        "cascade); `amqptasks dlq replay` sends a queue's messages back once it exists", gone)]
+    reason = (f"destination queue {gone!r} did not exist when the delay ended (the broker found no route from the "
+              "delay cascade); `amqptasks dlq replay` sends a queue's messages back once it exists")
+    assert reasons(broker_url, unroutable) == [(reason, gone)]
     listed = CliRunner().invoke(cli, ["dlq", "list", unroutable, "--broker", broker_url], env={"COLUMNS": "600"})
     assert listed.exit_code == 0 and "destination queue" in listed.stdout, listed.output
     # once the queue exists again, a replay delivers it there

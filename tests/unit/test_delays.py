@@ -185,7 +185,7 @@ def test_total_ttl_equals_the_requested_delay_binary(binary: Topology) -> None:
         assert total == delay, (delay, visited)
         assert (final_exchange, final_key) == (exchange, routing_key)
         # one level queue per 1-bit, then an exchange target's landing queue (a queue target has none)
-        assert visited[bin(delay).count("1"):] == landing_hops(exchange, routing_key)
+        assert visited[delay.bit_count():] == landing_hops(exchange, routing_key)
 
 
 def test_total_ttl_equals_the_requested_delay_default(hexadecimal: Topology) -> None:
