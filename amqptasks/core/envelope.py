@@ -234,7 +234,7 @@ class Outcome:
     exc_type: str = ""
     exc_message: str = ""
     traceback: str = ""
-    value_json: bytes | None = field(default=None, compare=False, repr=False)  # ``value``, checked and encoded
+    reply_body: bytes | None = field(default=None, compare=False, repr=False)  # the SUCCESS reply, checked and encoded
 
     @property
     def successful(self) -> bool:
@@ -255,7 +255,8 @@ def checked_success(task_id: str, task: str, value: Any) -> Outcome:
     """A task's return value as an outcome, encoded now under the strict JSON rule; raises
     :class:`NotJson` (``add: result['at']: datetime is not JSON; ...``) for a value the caller
     would receive changed. The worker treats that like the task raising it: a failure."""
-    return Outcome(task_id, STATUS_SUCCESS, value=value, value_json=dumps(value, task, "result"))
+    body = dumps(value, task, "result", wrap=lambda v: {"id": task_id, "status": STATUS_SUCCESS, "result": v})
+    return Outcome(task_id, STATUS_SUCCESS, value=value, reply_body=body)
 
 
 def failure(task_id: str, exc_type: str, exc_message: str, traceback: str = "") -> Outcome:
@@ -265,13 +266,14 @@ def failure(task_id: str, exc_type: str, exc_message: str, traceback: str = "") 
 def encode_result(outcome: Outcome) -> tuple[bytes, Properties]:
     """Body and properties of the reply sent to the caller's ``reply_to``."""
     if outcome.successful:
-        try:
-            value = outcome.value_json if outcome.value_json is not None else dumps(outcome.value, "task", "result")
-        except NotJson as exc:
-            # The task returned something JSON cannot carry: the caller gets an error, not silence.
-            return encode_result(failure(outcome.task_id, "TypeError", str(exc)))
-        head = orjson.dumps({"id": outcome.task_id, "status": STATUS_SUCCESS})
-        body = head[:-1] + b',"result":' + value + b"}"
+        body = outcome.reply_body
+        if body is None:
+            try:
+                body = dumps(outcome.value, "task", "result",
+                             wrap=lambda v: {"id": outcome.task_id, "status": STATUS_SUCCESS, "result": v})
+            except NotJson as exc:
+                # The task returned something JSON cannot carry: the caller gets an error, not silence.
+                return encode_result(failure(outcome.task_id, "TypeError", str(exc)))
     else:
         body = orjson.dumps(
             {

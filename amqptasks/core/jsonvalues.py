@@ -9,16 +9,20 @@ subclasses of the JSON types (OrderedDict, an IntEnum, a str subclass) and any o
 
 Cost: orjson refuses most of these itself when ``OPT_PASSTHROUGH_*`` keeps it from converting
 datetimes, dataclasses and subclasses; what it still converts silently (NaN/inf to ``null``, UUIDs
-and enums to their values) needs a look at the value, which is skipped when every top-level
-argument is a plain ``str``/``int``/``bool``/``None``/finite ``float`` (the common send), and is a
-C-speed type census for lists of plain scalars.
+and enums to their values) is ruled out without a Python-level walk: not looked for at all when
+every top-level argument is a plain ``str``/``int``/``bool``/``None``/finite ``float`` (the common
+send), else by ``marshal`` (exact built-in types only) and, when the JSON has a ``null``, the
+standard library's NaN-refusing encoder, both C. Only a value that fails those is walked, to name
+the path (``scripts/bench_encode.py`` measures it).
 """
 
 from __future__ import annotations
 
 import enum
+import json
+import marshal
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -47,29 +51,50 @@ class NotJson(TypeError):
     """A value that the strict JSON rule refuses; the message names its path and the fix."""
 
 
-def dumps(value: Any, where: str, root: str) -> bytes:
+def dumps(value: Any, where: str, root: str, *, wrap: Any = None) -> bytes:
     """``value`` as JSON bytes under the rule above, or raise :class:`NotJson` naming ``where``
-    (the task) and the path from ``root`` (``result``)."""
-    return _dumps(value, where, lambda ints_ok: find_problem(value, root, ints_ok=ints_ok))
+    (the task) and the path from ``root`` (``result``). ``wrap(value)``, when given, is what is
+    encoded instead (a reply object holding the value): one encode, the check on ``value``."""
+    payload = value if wrap is None else wrap(value)
+    return _dumps(payload, value, where, lambda ints_ok: find_problem(value, root, ints_ok=ints_ok))
 
 
 def dumps_body(args: Sequence[Any], kwargs: Mapping[str, Any] | None, where: str) -> bytes:
     """A task body ``{"args": [...], "kwargs": {...}}`` under the rule, or raise :class:`NotJson`
     naming ``where`` (the task) and the argument (``args[1]['when']``, ``kwargs['at']``)."""
     kwargs = dict(kwargs or {})
-    return _dumps({"args": list(args), "kwargs": kwargs}, where, lambda ints_ok: body_problem(args, kwargs, ints_ok=ints_ok))
+    body = {"args": list(args), "kwargs": kwargs}
+    return _dumps(body, body, where, lambda ints_ok: body_problem(args, kwargs, ints_ok=ints_ok))
 
 
-def _dumps(value: Any, where: str, problem_of: Any) -> bytes:
+def _dumps(payload: Any, checked: Any, where: str, problem_of: Callable[[bool], str | None]) -> bytes:
     try:
-        body = orjson.dumps(value, option=OPTIONS)
+        body = orjson.dumps(payload, option=OPTIONS)
     except TypeError as exc:
         raise NotJson(f"{where}: {problem_of(False) or f'not JSON-serializable ({exc})'}") from None
-    if not _plain_top(value):
+    if not _plain_top(checked) and _maybe_converted(checked, body):
         problem = problem_of(True)  # orjson took it: only its silent conversions are left to find
         if problem is not None:
             raise NotJson(f"{where}: {problem}")
     return body
+
+
+def _maybe_converted(value: Any, body: bytes) -> bool:
+    """False when orjson cannot have converted anything in ``value`` silently, decided at C speed:
+    ``marshal`` takes only the exact built-in types (so no enum, UUID or other object is inside),
+    and NaN/inf are written as ``null``, so without a ``null`` there is none; with one, the
+    standard library's encoder refuses NaN/inf. True sends the value to the exact walk."""
+    try:
+        marshal.dumps(value)
+    except ValueError:
+        return True
+    if b"null" not in body:
+        return False
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return True
+    return False
 
 
 def _plain_top(value: Any) -> bool:
@@ -130,7 +155,7 @@ def find_problem(value: Any, path: str, *, ints_ok: bool = False) -> str | None:
 
 def _sequence_problem(value: Sequence[Any], path: str, ints_ok: bool) -> str | None:
     if ints_ok:
-        kinds = set(map(type, value))  # a C-speed census: lists of plain scalars need no more
+        kinds = set(map(type, value))  # a census: lists of plain scalars need no more
         if kinds <= _PLAIN:
             return None
         if kinds <= _NUMERIC and 0.0 * sum(value) == 0.0:  # all finite (an overflow to inf: one by one)

@@ -147,6 +147,26 @@ def test_plain_scalar_arguments_take_the_fast_path(monkeypatch: pytest.MonkeyPat
     assert envelope.encode_body((3, 4.5, "x", None, True), {"k": 1}, "add") == b'{"args":[3,4.5,"x",null,true],"kwargs":{"k":1}}'
 
 
+def test_containers_of_exact_json_types_are_checked_without_a_python_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from amqptasks.core import jsonvalues
+
+    walks: list[object] = []
+    real = jsonvalues.find_problem
+
+    def counted(value: object, path: str, **kw: bool) -> str | None:
+        walks.append(path)
+        return real(value, path, **kw)
+
+    monkeypatch.setattr(jsonvalues, "find_problem", counted)
+    nested = ([1, 2.5, {"a": [None, "x", (3, 4)]}], list(range(1000)))
+    envelope.encode_body(nested, {"k": {"n": None}}, "add")
+    assert walks == []  # marshal + the NaN-refusing encoder said "nothing converted"
+    for hidden in (Level.HIGH, uuid.UUID(int=3), float("nan"), Name("s")):
+        with pytest.raises(TypeError, match=r"^add: args\[0\]\[2\]\['a'\]\[0\]: "):
+            envelope.encode_body(([1, 2.5, {"a": [hidden]}],), {}, "add")
+    assert walks  # those took the walk, to name the path
+
+
 def test_a_result_json_would_change_fails_the_task_naming_it_and_the_path() -> None:
     from amqptasks.core.jsonvalues import NotJson
 
