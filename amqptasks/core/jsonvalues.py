@@ -11,9 +11,10 @@ Cost: orjson refuses most of these itself when ``OPT_PASSTHROUGH_*`` keeps it fr
 datetimes, dataclasses and subclasses; what it still converts silently (NaN/inf to ``null``, UUIDs
 and enums to their values) is ruled out without a Python-level walk: not looked for at all when
 every top-level argument is a plain ``str``/``int``/``bool``/``None``/finite ``float`` (the common
-send), else by ``marshal`` (exact built-in types only) and, when the JSON has a ``null``, the
-standard library's NaN-refusing encoder, both C. Only a value that fails those is walked, to name
-the path (``scripts/bench_encode.py`` measures it).
+send); a small value (JSON up to ``WALK_BELOW`` bytes) is walked; a bigger one is first checked
+by ``marshal`` (exact built-in types only) and, when the JSON has a ``null``, the standard
+library's NaN-refusing encoder, both C, and walked (to name the path) only if they find a hint.
+``scripts/bench_encode.py`` measures it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ import orjson
 OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 _PLAIN = frozenset({str, int, bool, type(None)})  # never need a look once orjson accepted them
 _NUMERIC = frozenset({int, float, bool})
-_INT64 = (-(2**63), 2**64 - 1)  # orjson's range: signed 64-bit, and unsigned up to 2**64 - 1
+_INT64 = (-(2**63), 2**64 - 1)
+_NAN_REFUSING = json.JSONEncoder(allow_nan=False, check_circular=False)  # orjson's recursion limit is lower
+#: JSON up to this size is checked by walking the value (as cheap as the C checks there, measured
+#: with scripts/bench_encode.py); bigger JSON by marshal + the NaN-refusing encoder first.
+WALK_BELOW = 512  # orjson's range: signed 64-bit, and unsigned up to 2**64 - 1
 
 _ADVICE = {
     "datetime": "send .isoformat() and parse it in the task",
@@ -62,9 +67,31 @@ def dumps(value: Any, where: str, root: str, *, wrap: Any = None) -> bytes:
 def dumps_body(args: Sequence[Any], kwargs: Mapping[str, Any] | None, where: str) -> bytes:
     """A task body ``{"args": [...], "kwargs": {...}}`` under the rule, or raise :class:`NotJson`
     naming ``where`` (the task) and the argument (``args[1]['when']``, ``kwargs['at']``)."""
-    kwargs = dict(kwargs or {})
+    kwargs = dict(kwargs) if kwargs else {}
     body = {"args": list(args), "kwargs": kwargs}
-    return _dumps(body, body, where, lambda ints_ok: body_problem(args, kwargs, ints_ok=ints_ok))
+
+    def problem_of(ints_ok: bool) -> str | None:
+        return body_problem(args, kwargs, ints_ok=ints_ok)
+
+    try:
+        data = orjson.dumps(body, option=OPTIONS)
+    except TypeError as exc:
+        raise NotJson(f"{where}: {problem_of(False) or f'not JSON-serializable ({exc})'}") from None
+    # The common send, plain scalars only, checked inline: function calls are the cost here.
+    for item in args:
+        kind = type(item)
+        if kind is str or kind is int or item is None or kind is bool or (kind is float and item - item == 0.0):
+            continue
+        break
+    else:
+        for item in kwargs.values():
+            kind = type(item)
+            if kind is str or kind is int or item is None or kind is bool or (kind is float and item - item == 0.0):
+                continue
+            break
+        else:
+            return data
+    return _checked(data, body, where, problem_of)
 
 
 def _dumps(payload: Any, checked: Any, where: str, problem_of: Callable[[bool], str | None]) -> bytes:
@@ -72,7 +99,13 @@ def _dumps(payload: Any, checked: Any, where: str, problem_of: Callable[[bool], 
         body = orjson.dumps(payload, option=OPTIONS)
     except TypeError as exc:
         raise NotJson(f"{where}: {problem_of(False) or f'not JSON-serializable ({exc})'}") from None
-    if not _plain_top(checked) and _maybe_converted(checked, body):
+    return _checked(body, checked, where, problem_of)
+
+
+def _checked(body: bytes, checked: Any, where: str, problem_of: Callable[[bool], str | None]) -> bytes:
+    """``body`` (orjson's encoding of ``checked``), unless orjson changed something on the way."""
+    # Small values are walked at once (a few us); big ones only when C-speed checks find a hint.
+    if not _plain_top(checked) and (len(body) <= WALK_BELOW or _maybe_converted(checked, body)):
         problem = problem_of(True)  # orjson took it: only its silent conversions are left to find
         if problem is not None:
             raise NotJson(f"{where}: {problem}")
@@ -85,13 +118,13 @@ def _maybe_converted(value: Any, body: bytes) -> bool:
     and NaN/inf are written as ``null``, so without a ``null`` there is none; with one, the
     standard library's encoder refuses NaN/inf. True sends the value to the exact walk."""
     try:
-        marshal.dumps(value)
+        marshal.dumps(value, 2)  # version 2: no reference table, twice as fast as the default here
     except ValueError:
         return True
     if b"null" not in body:
         return False
     try:
-        json.dumps(value, allow_nan=False)
+        _NAN_REFUSING.encode(value)
     except ValueError:
         return True
     return False

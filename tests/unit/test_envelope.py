@@ -158,12 +158,13 @@ def test_containers_of_exact_json_types_are_checked_without_a_python_walk(monkey
         return real(value, path, **kw)
 
     monkeypatch.setattr(jsonvalues, "find_problem", counted)
-    nested = ([1, 2.5, {"a": [None, "x", (3, 4)]}], list(range(1000)))
+    nested = ([1, 2.5, {"a": [None, "x", (3, 4)]}], list(range(1000)))  # big: the C checks
     envelope.encode_body(nested, {"k": {"n": None}}, "add")
     assert walks == []  # marshal + the NaN-refusing encoder said "nothing converted"
-    for hidden in (Level.HIGH, uuid.UUID(int=3), float("nan"), Name("s")):
-        with pytest.raises(TypeError, match=r"^add: args\[0\]\[2\]\['a'\]\[0\]: "):
-            envelope.encode_body(([1, 2.5, {"a": [hidden]}],), {}, "add")
+    for hidden in (Level.HIGH, uuid.UUID(int=3), float("nan"), float("-inf"), Name("s"), Colour.RED):
+        for padding in ([], list(range(1000))):  # small (walked) and big (C checks first)
+            with pytest.raises(TypeError, match=r"^add: args\[0\]\[2\]\['a'\]\[0\]: "):
+                envelope.encode_body(([1, 2.5, {"a": [hidden]}], padding), {}, "add")
     assert walks  # those took the walk, to name the path
 
 
