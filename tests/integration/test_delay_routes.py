@@ -208,3 +208,39 @@ def test_a_message_whose_landing_queue_is_deleted_while_it_waits_is_dead_lettere
     [(reason, origin)] = reasons(broker_url, unroutable)
     assert reason.startswith(f"destination exchange '{unique}.direct' with routing key 'k' did not exist when the delay ended")
     assert origin != ""  # the broker's x-death names the level queue; replay leaves it (no queue to go to)
+
+
+def test_the_default_quorum_cascade_dead_letters_at_least_once_to_the_unroutable_queue(
+    tmp_path: Path, unique: str, cleanup: Any, broker_url: str, channel: Any
+) -> None:
+    """The default cascade (quorum, at-least-once dead-lettering: the broker's dead-letter worker,
+    not the classic path above) honours the alternate exchange too. Shared by every test: only
+    this test's own message is taken out of the unroutable queue."""
+    gone = cleanup.queue(f"{unique}.gone")
+    path = tmp_path / "topology.yaml"
+    path.write_text(f"queues:\n  {gone}: {{}}\n")
+    app = App(unique, broker=broker_url, topology=str(path))
+
+    @app.task(ignore_result=True)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    try:
+        sent = add.apply_async((3, 4), countdown=0.5, queue=gone)
+    finally:
+        app.close()
+    channel.queue_delete(gone)
+    unroutable = unroutable_queue()
+
+    def take_mine() -> bool:
+        for _ in range(queue_counts(broker_url, unroutable)[0]):
+            method, properties, _body = channel.basic_get(unroutable)
+            if method is None:
+                break
+            if properties.message_id == sent.id:
+                channel.basic_ack(method.delivery_tag)
+                return True
+            channel.basic_nack(method.delivery_tag, requeue=True)
+        return False
+
+    assert wait_for(take_mine, 15)
