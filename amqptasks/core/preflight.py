@@ -73,6 +73,12 @@ class Preflight:
 
     def checks(self, items: Sequence[Outgoing]) -> list[Check]:
         """What to run, in order, before publishing ``items``; each check at most once."""
+        exchanges, landings = self._exchanges, self._landings
+        for item in items:  # the hot path: everything known, nothing allocated
+            if item.destination.exchange not in exchanges or (item.landing is not None and item.landing not in landings):
+                break
+        else:
+            return []
         out: list[Check] = []
         seen: set[object] = set()
 
