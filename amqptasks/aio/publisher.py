@@ -25,8 +25,8 @@ import aiormq.exceptions
 from amqptasks.aio.connection import aconnect
 from amqptasks.aio.outbox import Outbox
 from amqptasks.aio.results import AsyncReplies
-from amqptasks.core.delays import landing_for
-from amqptasks.core.routing import Destination, Outgoing
+from amqptasks.core.preflight import Check, Landing, Preflight
+from amqptasks.core.routing import Outgoing
 from amqptasks.core.topology import Topology
 from amqptasks.errors import (
     AmqpTasksError,
@@ -59,8 +59,10 @@ class AsyncProducer:
         self.loop = replies.loop
         self.pid = os.getpid()
         self.broken: BaseException | None = None
-        self._known_exchanges = {"", *topology.exchanges}
-        self._landings: set[tuple[str, str]] = set()  # destinations whose delay landing queue we declared
+        # what this connection knows exists (exchanges, routed delay destinations): core/preflight.py
+        self.preflight = Preflight(
+            topology.exchanges, delay_prefix=settings.delay_prefix, delay_queue_type=settings.delay_queue_type
+        )
         self._sequence = 0
         self._inflight: dict[int, tuple[float, asyncio.Task[Any] | None]] = {}
         self._expired: set[int] = set()
@@ -96,40 +98,32 @@ class AsyncProducer:
 
     def ready_for(self, item: Outgoing) -> bool:
         """Usable here and now for ``item`` without any await first."""
-        return (
-            self.broken is None
-            and item.destination.exchange in self._known_exchanges
-            and (item.landing is None or (item.landing.exchange, item.landing.routing_key) in self._landings)
-            and self.pid == os.getpid()
-        )
+        return self.broken is None and self.preflight.ready(item) and self.pid == os.getpid()
 
-    async def _check_exchange(self, exchange: str) -> None:
-        """Publishing to a missing exchange closes the channel (and its replies): ask first."""
-        if exchange in self._known_exchanges:
-            return
-        probe = await self.connection.channel(publisher_confirms=False)
-        try:
-            await probe.declare_exchange(exchange, passive=True)
-        except aiormq.exceptions.ChannelNotFoundEntity:
-            raise PublishError(
-                f"exchange {exchange!r} does not exist on the broker at {self.settings.address.where}; "
-                "declare it in the topology file (exchanges:) or fix the route"
-            ) from None
-        finally:
-            if not probe.is_closed:
-                await probe.close()
-        self._known_exchanges.add(exchange)
+    async def _run_checks(self, checks: list[Check]) -> None:
+        """Run what core/preflight.py asks before a first publish: probes on a throwaway channel
+        (a refused passive declare closes its channel, which must not be the publishing one)."""
+        from amqptasks.aio.topology import aprovision, closed_reply
 
-    async def _ensure_landing(self, target: Destination) -> None:
-        """A delayed message to a destination the topology does not name needs its landing queue."""
-        key = (target.exchange, target.routing_key)
-        if key in self._landings:
-            return
-        from amqptasks.aio.topology import aprovision
-
-        await self._check_exchange(target.exchange)
-        await aprovision(self.connection, landing_for(*key, prefix=self.settings.delay_prefix, queue_type=self.settings.delay_queue_type))
-        self._landings.add(key)
+        for check in checks:
+            if isinstance(check, Landing):
+                await aprovision(self.connection, check.topology)
+            else:
+                probe = await self.connection.channel(publisher_confirms=False)
+                try:
+                    if check.kind == "exchange":
+                        await probe.declare_exchange(check.name, passive=True)
+                    else:
+                        await probe.declare_queue(check.name, passive=True)
+                except aiormq.exceptions.ChannelClosed as exc:
+                    if self.connection.is_closed:
+                        raise  # the connection went down: LOST, not a refusal
+                    code, text = closed_reply(exc)
+                    raise self.preflight.refused(check, code, text, self.settings.address.where) from None
+                finally:
+                    if not probe.is_closed:
+                        await probe.close()
+            self.preflight.passed(check)
 
     async def publish_one(self, item: Outgoing) -> BaseException | None:
         """Publish and await the confirm: the error for this message, or None. Raises _Lost."""
@@ -193,10 +187,9 @@ class AsyncProducer:
     async def publish(self, items: Sequence[Outgoing]) -> tuple[list[BaseException | None], list[bool]]:
         """Publish all with confirms in flight together: (error per item, done per item)."""
         try:
-            for exchange in {item.destination.exchange for item in items}:
-                await self._check_exchange(exchange)
-            for landing in {item.landing for item in items if item.landing is not None}:
-                await self._ensure_landing(landing)
+            checks = self.preflight.checks(items)
+            if checks:
+                await self._run_checks(checks)
         except LOST as exc:
             raise _Lost(exc) from None
         if len(items) == 1:  # the common single send skips gather's task per message

@@ -264,15 +264,19 @@ async def _close(channel: aiormq.abc.AbstractChannel) -> None:
             pass  # already gone with its connection; nothing left to release
 
 
-def _outcome(exc: aiormq.exceptions.ChannelClosed) -> ProbeOutcome:
+def closed_reply(exc: aiormq.exceptions.ChannelClosed) -> tuple[int, str]:
     """The reply code and text of a channel closed by the broker (aiormq keeps only the text for
     the codes it has a class for)."""
     for code, exception_class in EXCEPTION_MAPPING.items():
         if type(exc) is exception_class:
-            return ProbeOutcome(code, str(exc.args[0]) if exc.args else "")
+            return code, str(exc.args[0]) if exc.args else ""
     if len(exc.args) >= 2 and isinstance(exc.args[0], int):
-        return ProbeOutcome(exc.args[0], str(exc.args[1]))
-    return ProbeOutcome(500, str(exc))
+        return exc.args[0], str(exc.args[1])
+    return 500, str(exc)
+
+
+def _outcome(exc: aiormq.exceptions.ChannelClosed) -> ProbeOutcome:
+    return ProbeOutcome(*closed_reply(exc))
 
 
 def _lost(connection: aio_pika.abc.AbstractConnection, exc: BaseException) -> str:

@@ -6,10 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from amqptasks.core.delays import UNROUTABLE_SUFFIX
 from amqptasks.core.envelope import (
     BROKER_DEATH_HEADERS,
     H_DEAD_AT,
     H_DEAD_REASON,
+    H_DELAY_TO,
     H_ETA,
     H_EXC_MESSAGE,
     H_EXC_TYPE,
@@ -117,26 +119,53 @@ def _broker_origin(headers: Mapping[str, Any]) -> str | None:
     return _text(headers.get("x-first-death-queue")) or None
 
 
-def describe_dead_letter(headers: Mapping[str, Any] | None, message_id: str | None = None) -> DeadLetterInfo:
-    """Read the amqptasks (or broker) dead-letter headers of a message."""
+def _delay_target(headers: Mapping[str, Any]) -> tuple[str, str] | None:
+    value = headers.get(H_DELAY_TO)
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return _text(value[0]), _text(value[1])
+    return None
+
+
+def unroutable_after_delay_reason(exchange: str, routing_key: str) -> str:
+    """Why a delayed message sits in the delay cascade's unroutable queue."""
+    where = f"queue {routing_key!r}" if exchange == "" else f"exchange {exchange!r} with routing key {routing_key!r}"
+    return (f"destination {where} did not exist when the delay ended (the broker found no route from the "
+            "delay cascade); `amqptasks dlq replay` sends a queue's messages back once it exists")
+
+
+def describe_dead_letter(
+    headers: Mapping[str, Any] | None, message_id: str | None = None, *, queue: str | None = None
+) -> DeadLetterInfo:
+    """Read the amqptasks (or broker) dead-letter headers of a message found in ``queue``.
+
+    In the delay cascade's unroutable queue (``<prefix>.unroutable``) a message carries no reason
+    of ours (the broker's alternate exchange put it there): its ``delay-to`` header says where it
+    was going, which becomes the reason and, for a queue, the queue a replay sends it to."""
     headers = headers or {}
     exc_type = _text(headers.get(H_EXC_TYPE))
     exc_message = _text(headers.get(H_EXC_MESSAGE))
     dead_at = headers.get(H_DEAD_AT)
     retries = headers.get(H_RETRIES)
+    reason = _text(headers.get(H_DEAD_REASON))
+    origin = _text(headers.get(H_ORIGIN_QUEUE))
+    target = _delay_target(headers)
+    if not reason and target is not None and queue is not None and queue.endswith(f".{UNROUTABLE_SUFFIX}"):
+        reason = unroutable_after_delay_reason(*target)
+        origin = origin or (target[1] if target[0] == "" else "")
     return DeadLetterInfo(
         task_id=_text(headers.get(H_ID)) or _text(message_id),
         task=_text(headers.get(H_TASK)),
-        reason=_text(headers.get(H_DEAD_REASON)) or _text(headers.get("x-first-death-reason")),
+        reason=reason or _text(headers.get("x-first-death-reason")),
         exception=f"{exc_type}: {exc_message}" if exc_type else "",
         dead_at_ms=dead_at if isinstance(dead_at, int) and not isinstance(dead_at, bool) else None,
         retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else 0,
-        origin_queue=_text(headers.get(H_ORIGIN_QUEUE)) or _broker_origin(headers),
+        origin_queue=origin or _broker_origin(headers),
     )
 
 
 DEAD_LETTER_HEADERS = (
-    H_DEAD_REASON, H_EXC_TYPE, H_EXC_MESSAGE, H_TRACEBACK, H_ORIGIN_QUEUE, H_ORIGIN_EXCHANGE,
+    H_DEAD_REASON,
+    H_DELAY_TO, H_EXC_TYPE, H_EXC_MESSAGE, H_TRACEBACK, H_ORIGIN_QUEUE, H_ORIGIN_EXCHANGE,
     H_ORIGIN_ROUTING_KEY, H_DEAD_AT, *BROKER_DEATH_HEADERS,
 )
 
@@ -147,4 +176,5 @@ def replay_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     if H_RETRIES in kept:
         kept[H_RETRIES] = 0
     kept.pop(H_ETA, None)
+    kept.pop(H_DELAY_TO, None)  # a replay is published to its queue directly
     return kept

@@ -12,7 +12,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from amqptasks.core.plan import exchange_advice, queue_advice, render_plan
+from amqptasks.core.plan import (
+    describe_entry,
+    exchange_advice,
+    queue_advice,
+    render_plan,
+)
 from amqptasks.core.plan_types import Difference, EntityKind, EntityPlan, Plan
 from amqptasks.core.topology import Binding, Exchange, Queue
 
@@ -249,22 +254,13 @@ class ApplyResult:
 
     def render(self, *, verbose: bool = False) -> str:
         """A line per created entity ("created queue celery (classic)") and a summary line."""
-        lines = [f"created {_describe(e)}" for e in self.created]
+        lines = [f"created {describe_entry(e)}" for e in self.created]
         redeclared = [e for e in self.declared if e.status != "create"]
         if verbose:
-            lines += [f"declared {_describe(e)} (may have existed already)" for e in redeclared]
+            lines += [f"declared {describe_entry(e)} (may have existed already)" for e in redeclared]
         unchanged = sum(1 for e in self.plan.entities if e.status == "unchanged")
         lines.append(_summary(self.created, redeclared, unchanged))
         return "\n".join(lines)
-
-
-def _describe(entry: EntityPlan) -> str:
-    entity = entry.entity
-    if isinstance(entity, Exchange):
-        return f"exchange {entity.name} ({entity.type})"
-    if isinstance(entity, Queue):
-        return f"queue {entity.name} ({entity.type})"
-    return f"binding {entry.name}"
 
 
 def _count(entries: Iterable[EntityPlan]) -> str:

@@ -18,13 +18,31 @@ easiest to explain, so here it is (unit: 1 ms; radix 2 with 36 levels, the same 
   after) and binds level ``k-1``'s *exchange* (exchange-to-exchange) with ``0`` there. A message
   published to the top exchange therefore falls through the levels whose bit is 0 at once and
   waits 2**k ms in every level whose bit is 1: total wait = the delay.
-* The delivery exchange binds one *landing* queue per destination, ``<prefix>.land.<id>``, with the
-  exact pattern ``*.*.(LEVELS stars).<id>``. A landing queue has ``x-message-ttl: 0`` and dead-letters
-  to the destination's exchange with the destination's routing key, so the message arrives at the
-  real target as if published there (direct, topic and fanout exchanges; classic or quorum
-  queues; a queue target is exchange ``""`` with routing key = the queue name). ``<id>`` is 16 hex
-  digits of sha1(``exchange\\0routing_key``): routing keys stay 2*LEVELS + 16 bytes long whatever
-  the target.
+* The delivery exchange binds, per destination, the *final* exchange ``<prefix>.final``
+  (exchange-to-exchange) with the exact pattern ``*.*.(LEVELS stars).<id>``, and the final exchange
+  binds the destination with the same pattern:
+
+  - a **queue** target (exchange ``""``, routing key = the queue name) is bound directly: the
+    message arrives in the queue from ``<prefix>.deliver`` with the cascade routing key;
+  - an **exchange** target is reached through a *landing* queue ``<prefix>.land.<id>`` with
+    ``x-message-ttl: 0`` that dead-letters to the destination's exchange with the destination's
+    routing key, so the message arrives there as if published there (direct, topic, fanout).
+
+  ``<id>`` is 16 hex digits of sha1(``exchange\\0routing_key``) (for a queue target
+  sha1(``\\x01queue``), so that the landing queues older versions bound to the delivery exchange
+  never match new keys): routing keys stay 2*LEVELS + 16 bytes long whatever the target.
+* **Nothing is parked.** The final exchange has the alternate exchange ``<prefix>.unroutable``
+  (fanout) whose queue ``<prefix>.unroutable`` receives every message whose destination binding is
+  gone when its delay ends (the queue was deleted: RabbitMQ removes its bindings with it; a landing
+  queue was deleted). Such a message keeps its headers; ``amqptasks dlq list <prefix>.unroutable``
+  shows "destination ... did not exist when the delay ended" (the ``delay-to`` header names it)
+  and ``dlq replay`` sends a queue target's message to its queue once it exists again. Without it a
+  quorum level queue's at-least-once dead-lettering would retry such a message for ever, invisible
+  to ``basic.get``. A producer binds a queue target only when the queue exists (the bind itself
+  is refused otherwise), which is how a delayed send to a missing queue raises
+  ``UnroutableError`` at send time like an undelayed one. One case remains that no AMQP method can
+  check without delivering a message: an *exchange* target that exists but routes the key
+  nowhere; the landing queue then holds the message (``messages_dlx`` in the management API).
 
 Nothing waits in a consumer, so ``consumer_timeout`` and worker memory are never involved.
 
@@ -64,7 +82,8 @@ confirmed the message (not tested here: that needs a broker restart). The price 
 Everything here is pure (no pika/aio-pika, no I/O). What the adapters must do:
 
 * Declare ``delay_infrastructure()`` once, and ``landing_for(exchange, routing_key)`` for a
-  destination before its first delayed publish (declaring again is a no-op; cache per process).
+  destination before its first delayed publish (declaring again is a no-op; cache per
+  connection). For a queue target check first that the queue exists (``core/preflight.py``).
 * Publish to ``entry_exchange()`` with routing key ``delay_routing_key(delay_ms, exchange,
   routing_key)``, persistent, confirmed, ``mandatory=True``; put ``schedule.due_ms(...)`` in the ``eta``
   header. ``mandatory`` only proves the message entered the cascade: the last hop is a
@@ -89,6 +108,8 @@ RANGE_MS = 2**36 - 1  # the longest delay wanted: ≈ 2.18 years (≥ 1 year wit
 RADIX = 16  # ~10x cheaper for the broker than 2 and less late (measured above); same range
 DELAY_EXCHANGE_PREFIX = "amqptasks.delay"
 DELIVERY_SUFFIX = "deliver"
+FINAL_SUFFIX = "final"
+UNROUTABLE_SUFFIX = "unroutable"
 LANDING_SUFFIX = "land"
 DELIVERY_EXCHANGE = f"{DELAY_EXCHANGE_PREFIX}.{DELIVERY_SUFFIX}"
 LEVEL_QUEUE_TYPE = "quorum"
@@ -148,6 +169,16 @@ def delivery_exchange(prefix: str = DELAY_EXCHANGE_PREFIX) -> str:
     return f"{prefix}.{DELIVERY_SUFFIX}"
 
 
+def final_exchange(prefix: str = DELAY_EXCHANGE_PREFIX) -> str:
+    """The exchange binding every destination; its alternate exchange catches what none routes."""
+    return f"{prefix}.{FINAL_SUFFIX}"
+
+
+def unroutable_queue(prefix: str = DELAY_EXCHANGE_PREFIX) -> str:
+    """The queue (and fanout exchange) receiving delayed messages whose destination is gone."""
+    return f"{prefix}.{UNROUTABLE_SUFFIX}"
+
+
 def entry_exchange(levels: int = LEVELS, prefix: str = DELAY_EXCHANGE_PREFIX) -> str:
     """The exchange every delayed message is published to: the top level's."""
     return level_exchange(_check_levels(levels) - 1, prefix)
@@ -159,8 +190,15 @@ def max_delay_ms(levels: int = LEVELS, radix: int = RADIX) -> int:
 
 
 def destination_id(exchange: str, routing_key: str) -> str:
-    """A short stable id for the destination (exchange, routing key): 16 hex digits of sha1."""
-    data = exchange.encode("utf-8") + b"\0" + routing_key.encode("utf-8")
+    """A short stable id for the destination (exchange, routing key): 16 hex digits of sha1.
+
+    A queue target (exchange ``""``) hashes ``\\x01<queue>``: older versions hashed
+    ``\\0<queue>`` and bound a landing queue to the delivery exchange with it; a different id
+    keeps such a leftover binding from routing new messages a second way."""
+    if exchange == "":
+        data = b"\x01" + routing_key.encode("utf-8")
+    else:
+        data = exchange.encode("utf-8") + b"\0" + routing_key.encode("utf-8")
     return hashlib.sha1(data, usedforsecurity=False).hexdigest()[:DESTINATION_ID_LENGTH]
 
 
@@ -240,6 +278,11 @@ def delay_infrastructure(
         bindings.append(Binding(name, lower, "exchange", level_pattern(level, 0, levels), origin=ORIGIN))
     deliver = delivery_exchange(prefix)
     exchanges[deliver] = Exchange(deliver, type="topic", origin=ORIGIN)
+    final, unroutable = final_exchange(prefix), unroutable_queue(prefix)
+    exchanges[final] = Exchange(final, type="topic", arguments={"alternate-exchange": unroutable}, origin=ORIGIN)
+    exchanges[unroutable] = Exchange(unroutable, type="fanout", origin=ORIGIN)
+    queues[unroutable] = Queue(name=unroutable, type=queue_type, origin=ORIGIN)
+    bindings.append(Binding(unroutable, unroutable, "queue", "", origin=ORIGIN))
     return Topology(exchanges=exchanges, queues=queues, bindings=tuple(bindings))
 
 
@@ -251,18 +294,24 @@ def landing_for(
     prefix: str = DELAY_EXCHANGE_PREFIX,
     queue_type: str = LANDING_QUEUE_TYPE,
 ) -> Topology:
-    """The landing queue for one destination and its binding to the delivery exchange.
+    """What routes delayed messages from the delivery exchange to one destination.
 
-    A queue target is ``landing_for("", queue_name)``. Declare it (once) before publishing a
-    delayed message for that destination; declaring it again is a no-op.
+    The delivery exchange binds the final exchange with the destination's pattern, and the final
+    exchange binds the target queue itself (a queue target, ``landing_for("", queue_name)``: no
+    landing queue) or the destination's landing queue (an exchange target). Declare it (once)
+    before publishing a delayed message for that destination; declaring it again is a no-op. A
+    queue target's binding must only be declared when the queue exists (see the module doc).
     """
     _check_destination(exchange, routing_key)
+    _check_queue_type(queue_type)
+    pattern = landing_pattern(exchange, routing_key, levels)
+    final = final_exchange(prefix)
+    hop = Binding(delivery_exchange(prefix), final, "exchange", pattern, origin=ORIGIN)
+    if exchange == "":
+        return Topology(bindings=(hop, Binding(final, routing_key, "queue", pattern, origin=ORIGIN)))
     name = landing_queue(exchange, routing_key, prefix)
-    queue = _queue(name, _check_queue_type(queue_type), 0, exchange, routing_key)
-    binding = Binding(
-        delivery_exchange(prefix), name, "queue", landing_pattern(exchange, routing_key, levels), origin=ORIGIN
-    )
-    return Topology(queues={name: queue}, bindings=(binding,))
+    queue = _queue(name, queue_type, 0, exchange, routing_key)
+    return Topology(queues={name: queue}, bindings=(hop, Binding(final, name, "queue", pattern, origin=ORIGIN)))
 
 
 def _check_destination(exchange: str, routing_key: str) -> None:

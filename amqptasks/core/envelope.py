@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from amqptasks.core.jsonvalues import NotJson, dumps, dumps_body
 from amqptasks.errors import TaskError
 
 PROTOCOL_VERSION = 1
@@ -26,6 +27,7 @@ H_ID = "id"
 H_RETRIES = "retries"
 H_ETA = "eta"  # epoch milliseconds, when the task is due (set when it was delayed)
 H_EXPIRES = "expires"  # epoch milliseconds, after which the task must not run
+H_DELAY_TO = "delay-to"  # [exchange, routing key] a delayed message is for (read if it cannot get there)
 
 # Headers added when a message is dead-lettered by amqptasks (``x-death`` is the broker's own).
 H_DEAD_REASON = "x-amqptasks-reason"
@@ -105,14 +107,11 @@ class TaskMessage:
     extra_headers: Mapping[str, Any] = field(default_factory=dict)
 
 
-def encode_body(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any] | None) -> bytes:
-    """``{"args": [...], "kwargs": {...}}`` as JSON; raises TypeError naming what is not JSON-able."""
-    try:
-        return orjson.dumps({"args": list(args), "kwargs": dict(kwargs or {})})
-    except TypeError as exc:
-        raise TypeError(
-            f"task arguments must be JSON-serializable (str, int, float, bool, None, list, dict): {exc}"
-        ) from None
+def encode_body(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any] | None, task: str = "task") -> bytes:
+    """``{"args": [...], "kwargs": {...}}`` as strict JSON (core/jsonvalues.py: tuples become
+    arrays, nothing else changes). Raises :class:`NotJson` (a TypeError) naming the task, the
+    argument's path and the fix: ``add: args[1]['when']: datetime is not JSON; send .isoformat() ...``."""
+    return dumps_body(args, kwargs, task)
 
 
 def encode_task(message: TaskMessage, *, timestamp: int | None = None) -> tuple[bytes, Properties]:
@@ -161,7 +160,7 @@ def encode_new_task(
         priority=priority,
         timestamp=timestamp,
     )
-    return encode_body(args, kwargs), properties
+    return encode_body(args, kwargs, task), properties
 
 
 def _int_header(headers: Mapping[str, Any], name: str, task_id: str | None) -> int | None:
@@ -235,6 +234,7 @@ class Outcome:
     exc_type: str = ""
     exc_message: str = ""
     traceback: str = ""
+    reply_body: bytes | None = field(default=None, compare=False, repr=False)  # the SUCCESS reply, checked and encoded
 
     @property
     def successful(self) -> bool:
@@ -251,6 +251,14 @@ def success(task_id: str, value: Any) -> Outcome:
     return Outcome(task_id, STATUS_SUCCESS, value=value)
 
 
+def checked_success(task_id: str, task: str, value: Any) -> Outcome:
+    """A task's return value as an outcome, encoded now under the strict JSON rule; raises
+    :class:`NotJson` (``add: result['at']: datetime is not JSON; ...``) for a value the caller
+    would receive changed. The worker treats that like the task raising it: a failure."""
+    body = dumps(value, task, "result", wrap=lambda v: {"id": task_id, "status": STATUS_SUCCESS, "result": v})
+    return Outcome(task_id, STATUS_SUCCESS, value=value, reply_body=body)
+
+
 def failure(task_id: str, exc_type: str, exc_message: str, traceback: str = "") -> Outcome:
     return Outcome(task_id, STATUS_FAILURE, exc_type=exc_type, exc_message=exc_message, traceback=traceback)
 
@@ -265,11 +273,14 @@ def encode_reply(outcome: Outcome) -> tuple[Outcome, bytes, Properties]:
     """The outcome as the caller will see it, and its reply's body and properties: a result JSON
     cannot carry turns into the failure the caller gets (so the worker can log that, not success)."""
     if outcome.successful:
-        try:
-            body = orjson.dumps({"id": outcome.task_id, "status": STATUS_SUCCESS, "result": outcome.value})
-        except TypeError as exc:
-            # The task returned something JSON cannot carry: the caller gets an error, not silence.
-            return encode_reply(failure(outcome.task_id, "TypeError", f"task result is not JSON-serializable: {exc}"))
+        body = outcome.reply_body
+        if body is None:
+            try:
+                body = dumps(outcome.value, "task", "result",
+                             wrap=lambda v: {"id": outcome.task_id, "status": STATUS_SUCCESS, "result": v})
+            except NotJson as exc:
+                # The task returned something JSON cannot carry: the caller gets an error, not silence.
+                return encode_reply(failure(outcome.task_id, "TypeError", str(exc)))
     else:
         body = orjson.dumps(
             {
@@ -300,7 +311,7 @@ def decode_result(body: bytes, correlation_id: str | None = None) -> Outcome:
         return failure(task_id, "ProtocolError", "result body is not a JSON object")
     task_id = str(payload.get("id") or task_id)
     if payload.get("status") == STATUS_SUCCESS:
-        return success(task_id, payload.get("result"))
+        return Outcome(task_id, STATUS_SUCCESS, value=payload.get("result"))
     return failure(
         task_id,
         str(payload.get("exc_type") or "Error"),
@@ -348,10 +359,18 @@ BROKER_DEATH_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queu
                         "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason")
 
 
-def retry_headers(original: Mapping[str, Any] | None, *, retries: int, due_ms: int) -> dict[str, Any]:
+def retry_headers(
+    original: Mapping[str, Any] | None, *, retries: int, due_ms: int, delayed_to_queue: str | None = None
+) -> dict[str, Any]:
     """The headers of a retry's republished copy: the count raised, the due time set, and the
-    broker's dead-letter history (from earlier delays) dropped so it does not grow per retry."""
+    broker's dead-letter history (from earlier delays) dropped so it does not grow per retry.
+    ``delayed_to_queue``: the queue a retry going through the delay cascade is for (its
+    ``delay-to``); without it any ``delay-to`` of the original send is dropped."""
     headers = {k: v for k, v in (original or {}).items() if k not in BROKER_DEATH_HEADERS}
     headers[H_RETRIES] = retries
     headers[H_ETA] = due_ms
+    if delayed_to_queue is not None:
+        headers[H_DELAY_TO] = ["", delayed_to_queue]
+    else:
+        headers.pop(H_DELAY_TO, None)
     return headers

@@ -234,7 +234,8 @@ def _shown(field: str, value: Any) -> str:
     return text
 
 
-def _describe(entry: EntityPlan) -> str:
+def describe_entry(entry: EntityPlan) -> str:
+    """``exchange tasks (direct)``, ``queue celery (quorum)`` or ``binding <source> -> ...``."""
     entity = entry.entity
     if isinstance(entity, Exchange):
         return f"exchange {entity.name} ({entity.type})"
@@ -261,7 +262,7 @@ def render_plan(plan: Plan, *, verbose: bool = False) -> str:
             "conflict": "CONFLICT",
             "unknown": "unknown (cannot be observed; a declare will settle it)",
         }[entry.status]
-        lines.append(f"{_MARKS[entry.status]} {_describe(entry)}: {suffix}")
+        lines.append(f"{_MARKS[entry.status]} {describe_entry(entry)}: {suffix}")
         for diff in entry.differences:
             lines.append(f"    {diff.field}: expected {_shown(diff.field, diff.expected)}, "
                          f"actual {_shown(diff.field, diff.actual)}")

@@ -1,10 +1,11 @@
-"""What an app, a worker or ``topology apply`` declares for delays: the cascade, and a landing
-queue only for destinations that need one now.
+"""What an app, a worker or ``topology apply`` declares for delays: the cascade, and the route
+to a destination (``delays.landing_for``) only for destinations that need one now.
 
-Landing queues are declared lazily — a worker for the queues it consumes (its retries land there),
-a producer on its first delayed send to a destination — rather than one per queue of the topology:
-every landing queue is a quorum queue by default, and RabbitMQ copes badly with many of them
-(two brokers here stopped completing handshakes after ~300 quorum queues had come and gone).
+Routes are declared lazily — a worker for the queues it consumes (its retries land there), a
+producer on its first delayed send to a destination, after checking it exists — rather than one per
+queue of the topology: a queue target's route is two bindings, but an exchange target's includes a
+landing queue, a quorum queue by default, and RabbitMQ copes badly with many of them (two brokers
+here stopped completing handshakes after ~300 quorum queues had come and gone).
 """
 
 from __future__ import annotations

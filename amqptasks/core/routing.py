@@ -21,8 +21,12 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
-from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, delay_routing_key, entry_exchange
 from amqptasks.core import envelope
+from amqptasks.core.delays import (
+    DELAY_EXCHANGE_PREFIX,
+    delay_routing_key,
+    entry_exchange,
+)
 from amqptasks.core.topology import DEFAULT_EXCHANGE, DEFAULT_QUEUE, Route
 
 
@@ -137,9 +141,11 @@ def outgoing(
     delay_prefix: str = DELAY_EXCHANGE_PREFIX,
 ) -> Outgoing:
     """Encode a task message per docs/protocol.md. Replies use direct reply-to (see there why)."""
+    publish_to, landing = plan_delivery(destination, eta_ms, now_ms, delay_prefix)
+    if landing is not None:  # named in the message: the cascade's routing key has only a hash of it
+        headers = {**headers, envelope.H_DELAY_TO: [landing.exchange, landing.routing_key]}
     body, properties = envelope.encode_new_task(
         task_id, task_name, args, kwargs, reply_to=envelope.DIRECT_REPLY_TO if want_result else None,
         priority=priority, eta_ms=eta_ms, expires_ms=expires_ms, extra_headers=headers, timestamp=now_ms // 1000,
     )
-    publish_to, landing = plan_delivery(destination, eta_ms, now_ms, delay_prefix)
     return Outgoing(task_id, task_name, body, properties, publish_to, landing)

@@ -47,7 +47,7 @@ def list_dead(settings: Settings, queue: str, limit: int) -> tuple[int, list[Dea
             method, properties, _body = channel.basic_get(queue, auto_ack=False)
             if method is None:
                 break
-            found.append(describe_dead_letter(properties.headers, properties.message_id))
+            found.append(describe_dead_letter(properties.headers, properties.message_id, queue=queue))
         return total, found
     finally:
         connection.close()
@@ -78,7 +78,7 @@ def replay(
             if method is None:
                 break
             seen += 1
-            info = describe_dead_letter(properties.headers, properties.message_id)
+            info = describe_dead_letter(properties.headers, properties.message_id, queue=queue)
             if task is not None and info.task != task:
                 report.left.append((info, f"task is {info.task!r}, not {task!r}"))
                 continue

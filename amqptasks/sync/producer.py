@@ -23,12 +23,17 @@ import pika
 import pika.exceptions
 from pika.spec import Basic
 
-from amqptasks.core.delays import landing_for
 from amqptasks.core.envelope import Properties
 from amqptasks.core.frames import encode_publish
-from amqptasks.core.routing import Destination, Outgoing
+from amqptasks.core.preflight import Check, Landing, Preflight
+from amqptasks.core.routing import Outgoing
 from amqptasks.core.topology import Topology
-from amqptasks.errors import AmqpTasksError, PublishError, PublishTimeout, UnroutableError
+from amqptasks.errors import (
+    AmqpTasksError,
+    PublishError,
+    PublishTimeout,
+    UnroutableError,
+)
 from amqptasks.settings import Settings
 from amqptasks.sync.connection import connect
 from amqptasks.sync.direct import DirectSocket
@@ -74,8 +79,10 @@ class Producer(SharedConnection):
         self._low = 1  # lowest delivery tag that may still be unconfirmed
         self._by_tag: dict[int, _Slot] = {}
         self._by_mid: dict[str, _Slot] = {}
-        self._known_exchanges = {"", *topology.exchanges}
-        self._landings: set[tuple[str, str]] = set()  # destinations whose delay landing queue we declared
+        # what this connection knows exists (exchanges, routed delay destinations): core/preflight.py
+        self.preflight = Preflight(
+            topology.exchanges, delay_prefix=settings.delay_prefix, delay_queue_type=settings.delay_queue_type
+        )
         try:
             provision(self.connection, topology)
             self.channel = self.connection.channel()
@@ -137,44 +144,35 @@ class Producer(SharedConnection):
 
     # --- publishing -------------------------------------------------------------------------------
 
-    def _check_exchange(self, exchange: str) -> None:
-        """Publishing to a missing exchange kills the channel (and the replies on it): ask first."""
-        if exchange in self._known_exchanges:
-            return
-        probe = self.connection.channel()
-        try:
-            probe.exchange_declare(exchange, passive=True)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
-                raise PublishError(
-                    f"exchange {exchange!r} does not exist on the broker at {self.settings.address.where}; "
-                    "declare it in the topology file (exchanges:) or fix the route"
-                ) from None
-            raise PublishError(f"cannot publish to exchange {exchange!r}: {exc.reply_text}") from None
-        finally:
-            if probe.is_open:
-                probe.close()
-        self._known_exchanges.add(exchange)
-
-    def _ensure_landing(self, target: Destination) -> None:
-        """A delayed message to a destination the topology does not name needs its landing queue."""
-        key = (target.exchange, target.routing_key)
-        if key in self._landings:
-            return
+    def _run_checks(self, checks: list[Check]) -> None:
+        """Run what core/preflight.py asks before a first publish: probes on a throwaway channel
+        (a refused passive declare closes its channel, which must not be the publishing one)."""
         from amqptasks.sync.topology import provision
 
-        self._check_exchange(target.exchange)
-        provision(self.connection, landing_for(*key, prefix=self.settings.delay_prefix, queue_type=self.settings.delay_queue_type))
-        self._landings.add(key)
+        for check in checks:
+            if isinstance(check, Landing):
+                provision(self.connection, check.topology)
+            else:
+                probe = self.connection.channel()
+                try:
+                    if check.kind == "exchange":
+                        probe.exchange_declare(check.name, passive=True)
+                    else:
+                        probe.queue_declare(check.name, passive=True)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    raise self.preflight.refused(check, exc.reply_code, exc.reply_text, self.settings.address.where) from None
+                finally:
+                    if probe.is_open:
+                        probe.close()
+            self.preflight.passed(check)
 
     def publish(self, items: Sequence[Outgoing]) -> Flight:
         """Publish all, then wait for every confirm. Raises Broken (with ``flight``) or PublishTimeout."""
         flight = Flight(len(items))
         try:
-            for item in items:
-                self._check_exchange(item.destination.exchange)
-                if item.landing is not None:
-                    self._ensure_landing(item.landing)
+            checks = self.preflight.checks(items)
+            if checks:
+                self._run_checks(checks)
             channel = self.channel_impl
             frame_max = self.direct.frame_max
             for index, item in enumerate(items):

@@ -98,7 +98,9 @@ class CopyPublisher:
         props = delivery.header.properties
         now_ms = int(time.time() * 1000)
         delay_ms = math.ceil(decision.countdown * 1000)
-        headers = retry_headers(props.headers, retries=decision.retries, due_ms=now_ms + delay_ms)
+        headers = retry_headers(
+            props.headers, retries=decision.retries, due_ms=now_ms + delay_ms, delayed_to_queue=queue if delay_ms > 0 else None
+        )
         properties = republished(props, headers, keep_reply_to=True)  # the caller still waits
         if delay_ms <= 0:
             target = DeadLetterTarget("", queue)

@@ -8,7 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from amqptasks.core.envelope import Outcome, PoisonMessage, TaskMessage, failure, success
+from amqptasks.core.envelope import (
+    Outcome,
+    PoisonMessage,
+    TaskMessage,
+    checked_success,
+    failure,
+)
+from amqptasks.core.jsonvalues import NotJson
 from amqptasks.errors import TaskRetry
 
 if TYPE_CHECKING:
@@ -121,7 +128,11 @@ def run_sync(prepared: Prepared) -> Attempt:
         value = prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
     except BaseException as exc:  # a task's failure is data; even sys.exit() must not end the thread
         return _failed(prepared.message.id, exc, time.perf_counter() - started)
-    return Attempt(success(prepared.message.id, value), None, time.perf_counter() - started)
+    try:  # a value the caller would receive changed (NaN, a datetime) fails the task
+        outcome = checked_success(prepared.message.id, prepared.message.task, value)
+    except NotJson as exc:
+        return _failed(prepared.message.id, exc, time.perf_counter() - started)
+    return Attempt(outcome, None, time.perf_counter() - started)
 
 
 async def run_async(prepared: Prepared) -> Attempt:
@@ -130,4 +141,8 @@ async def run_async(prepared: Prepared) -> Attempt:
         value = await prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
     except Exception as exc:
         return _failed(prepared.message.id, exc)
-    return Attempt(success(prepared.message.id, value))
+    try:
+        outcome = checked_success(prepared.message.id, prepared.message.task, value)
+    except NotJson as exc:
+        return _failed(prepared.message.id, exc)
+    return Attempt(outcome)

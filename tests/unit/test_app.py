@@ -148,7 +148,7 @@ def test_wrong_arguments_fail_before_connecting(app: App) -> None:
 
     with pytest.raises(TypeError):
         add.delay(1)
-    with pytest.raises(TypeError, match="JSON-serializable"):
+    with pytest.raises(TypeError, match=r"args\[1\]: object is not JSON"):
         add.delay(1, object())
     with pytest.raises(TypeError, match="args must be a list or tuple"):
         add.apply_async("12")

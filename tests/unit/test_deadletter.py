@@ -40,3 +40,26 @@ def test_implicit_queues_are_durable_and_dead_lettered() -> None:
 
 def test_bindings_label_names_each_route_in() -> None:
     assert bindings_label(topology(), "celery") == "exchange=(default) key=celery, exchange=tasks(direct) key=celery"
+
+
+def test_a_delayed_message_in_the_unroutable_queue_says_its_destination_was_gone() -> None:
+    from amqptasks.core.deadletter import describe_dead_letter, replay_headers
+
+    headers = {"task": "tasks.add", "id": "t1", "delay-to": ["", "lopri"], "eta": 5,
+               "x-death": [{"queue": "amqptasks.delay.0.3", "reason": "expired"}], "x-first-death-reason": "expired"}
+    info = describe_dead_letter(headers, queue="amqptasks.delay.unroutable")
+    assert info.reason.startswith("destination queue 'lopri' did not exist when the delay ended")
+    assert info.origin_queue == "lopri"  # where a replay sends it
+    exchange = describe_dead_letter({**headers, "delay-to": ["events", "a.b"]}, queue="amqptasks.delay.unroutable")
+    assert exchange.reason.startswith("destination exchange 'events' with routing key 'a.b' did not exist")
+    # elsewhere (a TTL in the target queue, say) it is the broker's reason, as before
+    assert describe_dead_letter(headers, queue="lopri.dead").reason == "expired"
+    assert "delay-to" not in replay_headers(headers) and "eta" not in replay_headers(headers)
+
+
+def test_a_retry_through_the_cascade_names_its_queue_as_its_destination() -> None:
+    from amqptasks.core.envelope import retry_headers
+
+    original = {"task": "t", "id": "i", "delay-to": ["events", "a.b"]}
+    assert retry_headers(original, retries=1, due_ms=9, delayed_to_queue="q")["delay-to"] == ["", "q"]
+    assert "delay-to" not in retry_headers(original, retries=1, due_ms=9)

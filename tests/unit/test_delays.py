@@ -97,6 +97,8 @@ def simulate(topology: Topology, exchange: str, key: str) -> tuple[int, str, str
             return total, exchange, key, visited  # left the cascade: a target exchange (or "")
         queues = _route(topology, exchange, key)
         assert len(queues) == 1, f"{key!r} at {exchange!r} reached {queues}"
+        if queues[0] not in topology.queues:
+            return total, "", queues[0], visited  # a queue target, bound to the final exchange itself
         queue = topology.queues[queues[0]]
         visited.append(queue.name)
         assert queue.message_ttl_ms is not None and queue.dead_letter_exchange is not None
@@ -135,6 +137,11 @@ def _route(topology: Topology, exchange: str, key: str) -> list[str]:
                 else:
                     found.append(binding.destination)
     return found
+
+
+def landing_hops(exchange: str, routing_key: str) -> list[str]:
+    """The queue a message waits in (0 ms) after the levels: an exchange target's landing queue."""
+    return [delays.landing_queue(exchange, routing_key)] if exchange else []
 
 
 def cascade(levels: int, radix: int, queue_type: str = "quorum") -> Topology:
@@ -177,9 +184,8 @@ def test_total_ttl_equals_the_requested_delay_binary(binary: Topology) -> None:
         total, final_exchange, final_key, visited = simulate(binary, entry_exchange(BIN_LEVELS), key)
         assert total == delay, (delay, visited)
         assert (final_exchange, final_key) == (exchange, routing_key)
-        # one level queue per 1-bit, then the landing queue
-        assert len(visited) == bin(delay).count("1") + 1
-        assert visited[-1] == delays.landing_queue(exchange, routing_key)
+        # one level queue per 1-bit, then an exchange target's landing queue (a queue target has none)
+        assert visited[delay.bit_count():] == landing_hops(exchange, routing_key)
 
 
 def test_total_ttl_equals_the_requested_delay_default(hexadecimal: Topology) -> None:
@@ -192,10 +198,10 @@ def test_total_ttl_equals_the_requested_delay_default(hexadecimal: Topology) -> 
         assert total == delay, (delay, visited)
         assert (final_exchange, final_key) == (exchange, routing_key)
         # one level queue per non-zero hex digit (most significant first, named by the digit),
-        # then the landing queue
+        # then an exchange target's landing queue
         digits = format(delay, f"0{LEVELS}x")
         expected = [f"amqptasks.delay.{LEVELS - 1 - pos}.{d}" for pos, d in enumerate(digits) if d != "0"]
-        assert visited == [*expected, delays.landing_queue(exchange, routing_key)], delay
+        assert visited == [*expected, *landing_hops(exchange, routing_key)], delay
 
 
 def test_total_ttl_equals_the_requested_delay_radix_16(hexadecimal: Topology) -> None:
@@ -222,7 +228,7 @@ def test_earlier_queues_never_hold_longer_ttls_than_the_delay_left(binary: Topol
     key = delay_routing_key(3_600_000, "", "celery", levels=BIN_LEVELS, radix=BIN_RADIX)
     _, _, _, visited = simulate(binary, entry_exchange(BIN_LEVELS), key)
     ttls = [binary.queues[name].message_ttl_ms for name in visited]
-    assert ttls == sorted(ttls, reverse=True) and ttls[-1] == 0
+    assert ttls == sorted(ttls, reverse=True) and ttls[-1] == 2**7  # 1 h = ...10000000 in binary
     assert visited[0] == delays.level_queue(21, radix=BIN_RADIX) == "amqptasks.delay.21"  # 2**21 ≤ 1 h < 2**22
 
 
@@ -231,8 +237,8 @@ def test_earlier_queues_never_hold_longer_ttls_than_the_delay_left_default(hexad
     key = delay_routing_key(3_600_000, "", "celery")
     _, _, _, visited = simulate(hexadecimal, entry_exchange(), key)
     ttls = [hexadecimal.queues[name].message_ttl_ms for name in visited]
-    assert ttls == sorted(ttls, reverse=True) and ttls[-1] == 0
-    assert ttls == [3 * 16**5, 6 * 16**4, 14 * 16**3, 14 * 16**2, 8 * 16, 0]
+    assert ttls == sorted(ttls, reverse=True)
+    assert ttls == [3 * 16**5, 6 * 16**4, 14 * 16**3, 14 * 16**2, 8 * 16]  # no landing queue for a queue
     assert visited[0] == delays.level_queue(5, digit=3) == "amqptasks.delay.5.3"  # 3 * 16**5 ≤ 1 h < 4 * 16**5
 
 
@@ -406,16 +412,30 @@ def assert_level_queue(queue: Queue, level: int, *, ttl_ms: int) -> None:
     assert args["x-dead-letter-strategy"] == "at-least-once" and args["x-overflow"] == "reject-publish"
     assert "x-dead-letter-routing-key" not in args
 
+FINAL = "amqptasks.delay.final"
+UNROUTABLE = "amqptasks.delay.unroutable"
+SAFETY_NET = (FINAL, UNROUTABLE)
+
+
+def assert_safety_net(topology: Topology) -> None:
+    """The final exchange's alternate exchange (fanout) feeds the unroutable queue."""
+    assert topology.exchanges[FINAL].type == "topic"
+    assert dict(topology.exchanges[FINAL].arguments) == {"alternate-exchange": UNROUTABLE}
+    assert topology.exchanges[UNROUTABLE].type == "fanout" and topology.queues[UNROUTABLE].durable
+    assert Binding(UNROUTABLE, UNROUTABLE, "queue", "") in topology.bindings
+
+
 def test_infrastructure_entities() -> None:
     topology = delay_infrastructure(BIN_LEVELS, radix=BIN_RADIX)
     assert entry_exchange(BIN_LEVELS) == "amqptasks.delay.35"
     assert DELIVERY_EXCHANGE == "amqptasks.delay.deliver"
-    assert set(topology.exchanges) == {f"amqptasks.delay.{k}" for k in range(BIN_LEVELS)} | {DELIVERY_EXCHANGE}
-    assert set(topology.queues) == {f"amqptasks.delay.{k}" for k in range(BIN_LEVELS)}
-    assert all(e.type == "topic" and e.durable and not e.auto_delete for e in topology.exchanges.values())
+    assert set(topology.exchanges) == {f"amqptasks.delay.{k}" for k in range(BIN_LEVELS)} | {DELIVERY_EXCHANGE, *SAFETY_NET}
+    assert set(topology.queues) == {f"amqptasks.delay.{k}" for k in range(BIN_LEVELS)} | {UNROUTABLE}
+    assert all(e.type == "topic" and e.durable and not e.auto_delete for e in topology.exchanges.values() if e.name != UNROUTABLE)
     for k in range(BIN_LEVELS):
         assert_level_queue(topology.queues[f"amqptasks.delay.{k}"], k, ttl_ms=2**k)
-    assert len(topology.bindings) == 2 * BIN_LEVELS
+    assert_safety_net(topology)
+    assert len(topology.bindings) == 2 * BIN_LEVELS + 1
     exchange_bindings = [b for b in topology.bindings if b.destination_type == "exchange"]
     assert len(exchange_bindings) == BIN_LEVELS
     everything = [*topology.exchanges.values(), *topology.queues.values(), *topology.bindings]
@@ -427,18 +447,20 @@ def test_default_infrastructure_entities() -> None:
     topology = delay_infrastructure()
     assert topology == delay_infrastructure(9, radix=16)
     assert entry_exchange() == "amqptasks.delay.8"
-    assert set(topology.exchanges) == {f"amqptasks.delay.{k}" for k in range(LEVELS)} | {DELIVERY_EXCHANGE}
-    assert set(topology.queues) == {f"amqptasks.delay.{k}.{d}" for k in range(LEVELS) for d in HEX_DIGITS[1:]}
-    assert len(topology.queues) == 15 * LEVELS == 135
-    assert all(e.type == "topic" and e.durable and not e.auto_delete for e in topology.exchanges.values())
+    assert set(topology.exchanges) == {f"amqptasks.delay.{k}" for k in range(LEVELS)} | {DELIVERY_EXCHANGE, *SAFETY_NET}
+    levels = {f"amqptasks.delay.{k}.{d}" for k in range(LEVELS) for d in HEX_DIGITS[1:]}
+    assert set(topology.queues) == levels | {UNROUTABLE}
+    assert len(levels) == 15 * LEVELS == 135
+    assert all(e.type == "topic" and e.durable and not e.auto_delete for e in topology.exchanges.values() if e.name != UNROUTABLE)
+    assert_safety_net(topology)
     for k in range(LEVELS):
         for digit in range(1, 16):
             name = f"amqptasks.delay.{k}.{HEX_DIGITS[digit]}"
             assert delays.level_queue(k, digit=digit) == name
             assert_level_queue(topology.queues[name], k, ttl_ms=digit * 16**k)
     # per level: one binding per non-zero digit to its queue, one for 0 to the level below
-    assert len(topology.bindings) == 16 * LEVELS == 144
-    queue_bindings = [b for b in topology.bindings if b.destination_type == "queue"]
+    assert len(topology.bindings) == 16 * LEVELS + 1 == 145
+    queue_bindings = [b for b in topology.bindings if b.destination_type == "queue" and b.source != UNROUTABLE]
     exchange_bindings = [b for b in topology.bindings if b.destination_type == "exchange"]
     assert len(queue_bindings) == 15 * LEVELS and len(exchange_bindings) == LEVELS
     assert {(b.source, b.destination, b.routing_key) for b in queue_bindings} == {
@@ -469,7 +491,7 @@ def test_prefix_moves_every_name() -> None:
     default = merge(delay_infrastructure(prefix="t.x"), landing_for("", "q", prefix="t.x"))
     for topology in (binary, default):
         names = [*topology.exchanges, *topology.queues]
-        names += [b.source for b in topology.bindings] + [b.destination for b in topology.bindings]
+        names += [b.source for b in topology.bindings] + [b.destination for b in topology.bindings if b.destination != "q"]
         assert all(name.startswith("t.x.") for name in names)
     assert entry_exchange(BIN_LEVELS, prefix="t.x") == "t.x.35"
     assert entry_exchange(prefix="t.x") == "t.x.8"
@@ -488,28 +510,64 @@ def test_landing_queue_dead_letters_to_the_destination() -> None:
         "x-dead-letter-routing-key": "a.b",
         "x-dead-letter-strategy": "at-least-once",
     }
+    pattern = "*." * LEVELS + destination_id("events", "a.b")
     assert topology.bindings == (
-        Binding(DELIVERY_EXCHANGE, name, "queue", "*." * LEVELS + destination_id("events", "a.b")),
+        Binding(DELIVERY_EXCHANGE, FINAL, "exchange", pattern),
+        Binding(FINAL, name, "queue", pattern),
     )
     # the binary cascade's landing binding has one star per binary level; the queue is the same
     binary = landing_for("events", "a.b", levels=BIN_LEVELS)
     assert binary.queues == topology.queues
+    bin_pattern = "*." * BIN_LEVELS + destination_id("events", "a.b")
     assert binary.bindings == (
-        Binding(DELIVERY_EXCHANGE, name, "queue", "*." * BIN_LEVELS + destination_id("events", "a.b")),
+        Binding(DELIVERY_EXCHANGE, FINAL, "exchange", bin_pattern),
+        Binding(FINAL, name, "queue", bin_pattern),
     )
-    classic = landing_for("", "celery", queue_type="classic").queues[delays.landing_queue("", "celery")]
+    classic = landing_for("events", "a.b", queue_type="classic").queues[name]
     assert classic.declare_arguments() == {
         "x-message-ttl": 0,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": "celery",
+        "x-dead-letter-exchange": "events",
+        "x-dead-letter-routing-key": "a.b",
     }
     # a fanout target keeps its empty routing key
     assert landing_for("broadcast", "").queues[delays.landing_queue("broadcast", "")].dead_letter_routing_key == ""
 
 
+def test_a_queue_target_is_bound_to_the_final_exchange_without_a_landing_queue() -> None:
+    # Deleting the queue deletes this binding: a message due then goes to the alternate exchange.
+    topology = landing_for("", "celery", queue_type="classic")
+    pattern = "*." * LEVELS + destination_id("", "celery")
+    assert not topology.queues and not topology.exchanges
+    assert topology.bindings == (
+        Binding(DELIVERY_EXCHANGE, FINAL, "exchange", pattern),
+        Binding(FINAL, "celery", "queue", pattern),
+    )
+
+
+def test_a_queue_target_never_matches_the_landing_binding_of_older_versions() -> None:
+    import hashlib
+
+    old_pattern = "*." * LEVELS + hashlib.sha1(b"\0celery").hexdigest()[:16]
+    assert not topic_matches(old_pattern, delay_routing_key(1234, "", "celery"))
+    assert topic_matches(delays.landing_pattern("", "celery"), delay_routing_key(1234, "", "celery"))
+
+
+def test_a_destination_whose_binding_is_gone_reaches_only_the_unroutable_queue(hexadecimal: Topology) -> None:
+    # The broker's alternate-exchange rule, simulated: the final exchange routes nothing.
+    gone = Topology(
+        exchanges=hexadecimal.exchanges,
+        queues=hexadecimal.queues,
+        bindings=tuple(b for b in hexadecimal.bindings if not (b.source == FINAL and b.destination == "celery")),
+    )
+    key = delay_routing_key(0, "", "celery")
+    assert _route(gone, FINAL, key) == []
+    assert dict(gone.exchanges[FINAL].arguments)["alternate-exchange"] == UNROUTABLE
+    assert [b.destination for b in gone.bindings if b.source == UNROUTABLE] == [UNROUTABLE]
+
+
 def test_radix_16_names_one_queue_per_digit() -> None:
     topology = delay_infrastructure(9, radix=16)
-    assert len(topology.exchanges) == 10 and len(topology.queues) == 9 * 15
+    assert len(topology.exchanges) == 10 + 2 and len(topology.queues) == 9 * 15 + 1
     queue = topology.queues["amqptasks.delay.2.f"]
     assert queue.message_ttl_ms == 15 * 16**2 and queue.dead_letter_exchange == "amqptasks.delay.1"
     assert delay_routing_key(2000, "", "q", levels=9, radix=16).startswith("0.0.0.0.0.0.7.d.0.")
