@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from amqptasks.core.envelope import (
+    STATUS_SUCCESS,
     Outcome,
     PoisonMessage,
     TaskMessage,
@@ -121,6 +122,19 @@ def _failed(task_id: str, exc: BaseException, seconds: float = 0.0) -> Attempt:
     return Attempt(failure(task_id, *describe_exception(shown)), exc, seconds)
 
 
+def _succeeded(prepared: Prepared, value: Any, seconds: float = 0.0) -> Attempt:
+    """A task's return value as its outcome. When a caller waits for it (``reply_to``), a value it
+    would receive changed (NaN, a datetime) fails the task; with nobody to receive it, nothing is
+    changed and nothing is checked."""
+    message = prepared.message
+    if message.reply_to is None:
+        return Attempt(Outcome(message.id, STATUS_SUCCESS, value=value), None, seconds)
+    try:
+        return Attempt(checked_success(message.id, message.task, value), None, seconds)
+    except NotJson as exc:
+        return _failed(message.id, exc, seconds)
+
+
 def run_sync(prepared: Prepared) -> Attempt:
     """Call a plain function task; any exception becomes a FAILURE outcome."""
     started = time.perf_counter()
@@ -128,11 +142,7 @@ def run_sync(prepared: Prepared) -> Attempt:
         value = prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
     except BaseException as exc:  # a task's failure is data; even sys.exit() must not end the thread
         return _failed(prepared.message.id, exc, time.perf_counter() - started)
-    try:  # a value the caller would receive changed (NaN, a datetime) fails the task
-        outcome = checked_success(prepared.message.id, prepared.message.task, value)
-    except NotJson as exc:
-        return _failed(prepared.message.id, exc, time.perf_counter() - started)
-    return Attempt(outcome, None, time.perf_counter() - started)
+    return _succeeded(prepared, value, time.perf_counter() - started)
 
 
 async def run_async(prepared: Prepared) -> Attempt:
@@ -141,8 +151,4 @@ async def run_async(prepared: Prepared) -> Attempt:
         value = await prepared.task.fn(*prepared.call_args, **prepared.message.kwargs)
     except Exception as exc:
         return _failed(prepared.message.id, exc)
-    try:
-        outcome = checked_success(prepared.message.id, prepared.message.task, value)
-    except NotJson as exc:
-        return _failed(prepared.message.id, exc)
-    return Attempt(outcome)
+    return _succeeded(prepared, value)
