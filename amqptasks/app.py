@@ -74,7 +74,7 @@ class App:
         self,
         main: str | None = None,
         *,
-        broker: str | None = None,
+        broker: str | Sequence[str] | None = None,
         topology: TopologyPaths = None,
         settings: Settings | None = None,
     ) -> None:
@@ -98,7 +98,7 @@ class App:
         self._lock = threading.Lock()  # guards creating the publishers: many threads send at once
 
     def __repr__(self) -> str:
-        return f"<App {self.main} broker={self.settings.address.masked}>"
+        return f"<App {self.main} broker={self.settings.masked_broker}>"
 
     # --- configuration -------------------------------------------------------------------------
 

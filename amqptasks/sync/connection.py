@@ -1,18 +1,21 @@
-"""Opening pika connections: one place that maps connect failures to :class:`BrokerUnavailable`."""
+"""Opening pika connections: one place that tries the broker's nodes in turn (core/failover.py) and
+maps connect failures to :class:`BrokerUnavailable`."""
 
 from __future__ import annotations
 
 import pika
 import pika.exceptions
 
+from amqptasks.core.failover import NodeRing, unreachable_message
 from amqptasks.errors import BrokerUnavailable
 from amqptasks.settings import BrokerAddress, Settings, find_tls_error
 
 
-def connection_parameters(settings: Settings, name: str) -> pika.URLParameters:
-    """pika parameters for ``settings``, labelled ``name`` in the broker's connection list."""
-    address = settings.address
-    params = pika.URLParameters(settings.broker_url)
+def connection_parameters(settings: Settings, name: str, address: BrokerAddress | None = None) -> pika.URLParameters:
+    """pika parameters for ``address`` (default: the first of ``settings``), labelled ``name`` in
+    the broker's connection list."""
+    address = address or settings.address
+    params = pika.URLParameters(address.url)
     params.socket_timeout = settings.connect_timeout
     params.stack_timeout = settings.connect_timeout
     params.blocked_connection_timeout = settings.confirm_timeout
@@ -39,9 +42,27 @@ def describe_failure(address: BrokerAddress, exc: BaseException) -> str:
     return address.unreachable(exc)
 
 
-def connect(settings: Settings, name: str) -> pika.BlockingConnection:
-    """A blocking connection, or :class:`BrokerUnavailable` within the connect timeout."""
-    try:
-        return pika.BlockingConnection(connection_parameters(settings, name))
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        raise BrokerUnavailable(describe_failure(settings.address, exc)) from None
+def connect_node(settings: Settings, name: str, ring: NodeRing | None = None) -> tuple[pika.BlockingConnection, BrokerAddress]:
+    """A blocking connection to the first node of ``ring``'s order that answers, and its address;
+    or :class:`BrokerUnavailable` naming every node tried (one connect timeout per node at most)."""
+    addresses = settings.addresses
+    ring = ring or NodeRing(len(addresses))
+    tried: list[str] = []
+    single: str | None = None
+    for index in ring.order():
+        address = addresses[index]
+        try:
+            connection = pika.BlockingConnection(connection_parameters(settings, name, address))
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            single = describe_failure(address, exc)
+            tried.append(address.why_not(exc))
+            ring.lost(index)
+            continue
+        ring.connected(index)
+        return connection, address
+    raise BrokerUnavailable(unreachable_message(tried, single))
+
+
+def connect(settings: Settings, name: str, ring: NodeRing | None = None) -> pika.BlockingConnection:
+    """A blocking connection (to the first node that answers), or :class:`BrokerUnavailable`."""
+    return connect_node(settings, name, ring)[0]
