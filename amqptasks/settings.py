@@ -76,13 +76,13 @@ class BrokerAddress:
     def unreachable(self, cause: BaseException) -> str:
         """Why no connection could be made, naming host:port and never the password."""
         return (
-            f"cannot reach the broker at {self.where} ({type(cause).__name__}); is RabbitMQ running? "
+            f"cannot reach the broker at {self.where} ({_reason(cause)}); is RabbitMQ running? "
             "Start it (./scripts/rabbitmq.sh) or set AMQPTASKS_BROKER_URL"
         )
 
     def why_not(self, cause: BaseException) -> str:
         """The short reason for one node of several: ``host:port (ConnectionRefusedError)``."""
-        return f"{self.where} ({type(cause).__name__})"
+        return f"{self.where} ({_reason(cause)})"
 
     def tls_failed(self, error: ssl.SSLError) -> str:
         """A failed TLS handshake: what went wrong, and the setting that fixes it."""
@@ -105,6 +105,17 @@ class BrokerAddress:
     def masked(self) -> str:
         """The URL with the password replaced by ``***``: safe to print and log."""
         return mask_url(self.url)
+
+
+def _reason(cause: BaseException) -> str:
+    """The socket error behind a failed connect when there is one (aiormq wraps it: its
+    AMQPConnectionError carries the errno), else the error's type."""
+    for inner in (cause.__cause__, cause.__context__, *cause.args):
+        if isinstance(inner, OSError):
+            return type(inner).__name__
+    if len(cause.args) >= 2 and isinstance(cause.args[0], int):
+        return type(OSError(cause.args[0], "")).__name__  # errno 111 -> ConnectionRefusedError
+    return type(cause).__name__
 
 
 _SSL_TEXT = re.compile(r"\[SSL: ([A-Z0-9_]+)\] ([^(\]'\"]+)")

@@ -266,7 +266,7 @@ class AsyncPublisher:
                 return producer
             if producer is not None:
                 if producer.broken is not None:  # lost with its node: start with the next one
-                    self._ring.lost(self.settings.addresses.index(producer.address))
+                    self._ring.lost_node(self.settings.addresses, producer.address)
                 await producer.close()
             self._opened += 1
             name = f"amqptasks async producer {self._main} pid={os.getpid()} #{self._opened}"

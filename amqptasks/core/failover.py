@@ -64,6 +64,11 @@ class NodeRing:
         if index == self.current:
             self.current = (index + 1) % self.count
 
+    def lost_node(self, addresses: Sequence[object], address: object) -> None:
+        """:meth:`lost` by address (one no longer configured is ignored)."""
+        if address in addresses:
+            self.lost(list(addresses).index(address))
+
     def round_failed(self) -> float:
         """No node answered in a whole round: how long to wait before the next round."""
         self.failed_rounds += 1

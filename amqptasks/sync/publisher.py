@@ -124,7 +124,7 @@ class SyncPublisher:
 
     def _discard(self, state: _PoolState, producer: Producer) -> None:
         if producer.broken is not None:  # lost with its node: new producers start with the next node
-            self._ring.lost(self.settings.addresses.index(producer.address))
+            self._ring.lost_node(self.settings.addresses, producer.address)
         with state.lock:
             if producer in state.all:
                 state.all.remove(producer)
