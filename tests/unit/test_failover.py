@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from amqptasks.core.failover import MAX_ROUND_BACKOFF, NodeRing, Republish, round_backoff, unreachable_message
+from amqptasks.core.failover import (
+    MAX_ROUND_BACKOFF,
+    NodeRing,
+    Republish,
+    round_backoff,
+    unreachable_message,
+)
 from amqptasks.errors import BrokerUnavailable
 
 
