@@ -98,9 +98,8 @@ class SyncPublisher:
         with state.lock:
             state.opened += 1
             number = state.opened
-        before = self._ring.current
         producer = Producer(self.settings, self._topology(), f"amqptasks producer {self._main} pid={state.pid} #{number}", self._ring)
-        if self._ring.count > 1 and (number == 1 or self._ring.current != before):
+        if self._ring.count > 1:  # which node of several: one line per connection opened
             log.info("producer #%d connected to the broker node at %s", number, producer.address.where)
         with state.lock:
             state.all.append(producer)
