@@ -11,7 +11,7 @@ import aiormq.exceptions
 
 from amqptasks.aio import wire
 from amqptasks.aio.tap import DeliveryTap, TapFactory
-from amqptasks.core.failover import NodeRing, unreachable_message
+from amqptasks.core.failover import NodeRing, no_node
 from amqptasks.errors import BrokerUnavailable
 from amqptasks.settings import BrokerAddress, Settings, find_tls_error
 
@@ -64,26 +64,29 @@ async def aconnect(settings: Settings, name: str, ring: NodeRing | None = None) 
     ring = ring or NodeRing(len(addresses))
     tried: list[str] = []
     single: str | None = None
+    refused = False
     for index in ring.order():
         address = addresses[index]
         try:
             connection = await _connect_one(settings, name, address)
         except _Failed as failed:
             single = failed.message
+            refused |= failed.refused
             tried.append(address.why_not(failed.cause))
             ring.lost(index)
             continue
         ring.connected(index)
         connection.address = address
         return connection
-    raise BrokerUnavailable(unreachable_message(tried, single))
+    raise no_node(tried, single, refused)
 
 
 class _Failed(Exception):
-    def __init__(self, message: str, cause: BaseException) -> None:
+    def __init__(self, message: str, cause: BaseException, refused: bool) -> None:
         super().__init__(message)
         self.message = message
         self.cause = cause
+        self.refused = refused  # the node answered and refused us (credentials, TLS)
 
 
 async def _connect_one(settings: Settings, name: str, address: BrokerAddress) -> TappedConnection:
@@ -104,7 +107,9 @@ async def _connect_one(settings: Settings, name: str, address: BrokerAddress) ->
         assert isinstance(connection, TappedConnection)
         return connection
     except aiormq.exceptions.ProbableAuthenticationError as exc:
-        raise _Failed(address.refused_credentials(), exc) from None
+        raise _Failed(address.refused_credentials(), exc, True) from None
     except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
         tls = find_tls_error(exc) if address.scheme == "amqps" else None
-        raise _Failed(address.tls_failed(tls) if tls is not None else address.unreachable(exc), exc) from None
+        if tls is not None:
+            raise _Failed(address.tls_failed(tls), exc, True) from None
+        raise _Failed(address.unreachable(exc), exc, False) from None

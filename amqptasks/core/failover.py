@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from amqptasks.errors import BrokerUnavailable
+from amqptasks.errors import BrokerRefused, BrokerUnavailable
 
 ROUND_BACKOFF = 0.25  # seconds after the first full round of failed nodes
 MAX_ROUND_BACKOFF = 5.0  # cap: a node that comes back is found within this long
@@ -73,6 +73,13 @@ class NodeRing:
         """No node answered in a whole round: how long to wait before the next round."""
         self.failed_rounds += 1
         return round_backoff(self.failed_rounds)
+
+
+def no_node(tried: Sequence[str], single: str | None, refused: bool) -> BrokerUnavailable:
+    """The error when no node could be connected: BrokerRefused when a node answered and refused
+    (credentials, access, TLS: a setting to fix), else BrokerUnavailable (worth waiting for)."""
+    kind = BrokerRefused if refused else BrokerUnavailable
+    return kind(unreachable_message(tried, single))
 
 
 def unreachable_message(tried: Sequence[str], single: str | None) -> str:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pika
 import pika.exceptions
 
-from amqptasks.core.failover import NodeRing, unreachable_message
-from amqptasks.errors import BrokerUnavailable
+from amqptasks.core.failover import NodeRing, no_node
 from amqptasks.settings import BrokerAddress, Settings, find_tls_error
 
 
@@ -32,14 +31,19 @@ def connection_parameters(settings: Settings, name: str, address: BrokerAddress 
 
 def describe_failure(address: BrokerAddress, exc: BaseException) -> str:
     """Why a connection failed, naming host:port and never the password."""
+    return _failure(address, exc)[0]
+
+
+def _failure(address: BrokerAddress, exc: BaseException) -> tuple[str, bool]:
+    """(why a connection failed, whether the node answered and refused us)."""
     tls = find_tls_error(exc) if address.scheme == "amqps" else None
     if tls is not None:
-        return address.tls_failed(tls)
+        return address.tls_failed(tls), True
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError | pika.exceptions.AuthenticationError):
-        return address.refused_credentials()
+        return address.refused_credentials(), True
     if isinstance(exc, pika.exceptions.ProbableAccessDeniedError):
-        return f"broker at {address.where} denied user {address.username!r} access to vhost {address.vhost!r}"
-    return address.unreachable(exc)
+        return f"broker at {address.where} denied user {address.username!r} access to vhost {address.vhost!r}", True
+    return address.unreachable(exc), False
 
 
 def connect_node(settings: Settings, name: str, ring: NodeRing | None = None) -> tuple[pika.BlockingConnection, BrokerAddress]:
@@ -49,18 +53,20 @@ def connect_node(settings: Settings, name: str, ring: NodeRing | None = None) ->
     ring = ring or NodeRing(len(addresses))
     tried: list[str] = []
     single: str | None = None
+    refused = False
     for index in ring.order():
         address = addresses[index]
         try:
             connection = pika.BlockingConnection(connection_parameters(settings, name, address))
         except (pika.exceptions.AMQPError, OSError) as exc:
-            single = describe_failure(address, exc)
+            single, answered = _failure(address, exc)
+            refused |= answered
             tried.append(address.why_not(exc))
             ring.lost(index)
             continue
         ring.connected(index)
         return connection, address
-    raise BrokerUnavailable(unreachable_message(tried, single))
+    raise no_node(tried, single, refused)
 
 
 def connect(settings: Settings, name: str, ring: NodeRing | None = None) -> pika.BlockingConnection:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from amqptasks.core.deadletter import with_implicit_queues
 from amqptasks.core.failover import NodeRing
 from amqptasks.core.provision import with_delays
-from amqptasks.errors import BrokerUnavailable, ConfigurationError
+from amqptasks.errors import BrokerRefused, BrokerUnavailable, ConfigurationError
 from amqptasks.worker.banner import banner
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.consumer import Consumer
@@ -62,7 +62,8 @@ def provision(app: App, topology: Topology, wait: bool = False) -> None:
 
     ``wait``: while no broker node answers, log the attempt and try again (backoff of
     core/failover.py, at most 5 s): a worker may start before its broker (Kubernetes starts pods
-    in any order). Without it, BrokerUnavailable ends the worker at once (exit code 3).
+    in any order). Without it, BrokerUnavailable ends the worker at once (exit code 3), as does a
+    node that answers and refuses (BrokerRefused: credentials, vhost access, TLS) with it.
 
     Through aio-pika, which the consumers load anyway: pika would stay resident in every forked
     process for this one call (about 4 MiB each)."""
@@ -77,6 +78,8 @@ def provision(app: App, topology: Topology, wait: bool = False) -> None:
             try:
                 connection = await aconnect(app.settings, f"amqptasks worker provisioning pid={os.getpid()}", ring)
                 break
+            except BrokerRefused:
+                raise  # a node answered and refused (credentials, access, TLS): waiting will not fix it
             except BrokerUnavailable as exc:
                 if not wait:
                     raise

@@ -88,8 +88,8 @@ class Consumer:
             self._ring.lost(self._ring.current)
         if self._consumed_since_loss:  # it worked until now: back off from the start
             delay, self._consumed_since_loss = 0.1, False
-        others = f"; trying the other nodes from {self.app.settings.addresses[self._ring.current].where}" if self._ring.count > 1 else ""
-        log.warning("%s: connection to %s lost (%s)%s in %.1fs", self.name, self._node or "the broker", brief(exc), others, delay)
+        others = f" (next: {self.app.settings.addresses[self._ring.current].where})" if self._ring.count > 1 else ""
+        log.warning("%s: connection lost (%s) to %s; reconnecting in %.1fs%s", self.name, brief(exc), self._node or "the broker", delay, others)
         self._node = None
         return delay
 

@@ -55,3 +55,16 @@ def test_bad_options_are_refused_by_the_cli_before_the_hand_over(tmp_path: Path,
     done = _worker(tmp_path, broker_url, "-A", "cli_tasks", "--threads", "lots")
     assert done.returncode == 2
     assert "--threads" in done.stderr
+
+
+@pytest.mark.timeout(40)
+def test_refused_credentials_exit_3_at_once_even_when_waiting(tmp_path: Path, broker_url: str) -> None:
+    """Waiting for the broker is for a broker that is not up yet; one that answers and refuses the
+    password will not change its mind."""
+    (tmp_path / "cli_tasks.py").write_text("from amqptasks import App\napp = App('cli_tasks')\n")
+    wrong = broker_url.replace("guest:guest@", "guest:not-the-password@", 1)
+    assert wrong != broker_url
+    done = _worker(tmp_path, wrong, "-A", "cli_tasks", "--processes", "1")
+    assert done.returncode == 3, done.stderr
+    assert "refused the credentials" in done.stderr and "waiting for the broker" not in done.stderr
+    assert "not-the-password" not in done.stderr

@@ -66,3 +66,11 @@ def test_republish_budget_waits_longer_then_gives_up_naming_the_nodes() -> None:
     assert budget.next_wait(3, "lost") == 1.0
     with pytest.raises(BrokerUnavailable, match=r"at a:1, then b:2 \(lost\); 3 message\(s\) unconfirmed after 3 attempt"):
         budget.next_wait(3, "lost")
+
+
+def test_a_node_that_refused_us_is_not_worth_waiting_for() -> None:
+    from amqptasks.core.failover import no_node
+    from amqptasks.errors import BrokerRefused
+
+    assert type(no_node(["a:1 (ConnectionRefusedError)"], "down", refused=False)) is BrokerUnavailable
+    assert isinstance(no_node(["a:1 (ProbableAuthenticationError)"], "refused", refused=True), BrokerRefused)
