@@ -33,7 +33,7 @@ def round_backoff(failed_rounds: int) -> float:
     """Seconds to wait after ``failed_rounds`` full rounds in a row in which no node answered."""
     if failed_rounds <= 0:
         return 0.0
-    return min(MAX_ROUND_BACKOFF, ROUND_BACKOFF * 2 ** (failed_rounds - 1))
+    return min(MAX_ROUND_BACKOFF, ROUND_BACKOFF * 2.0 ** (failed_rounds - 1))
 
 
 class NodeRing:
