@@ -18,6 +18,7 @@ Run with ``pytest -m cluster tests/faults/test_cluster.py -s`` (the table is pri
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import os
@@ -183,6 +184,37 @@ def produce(tasks: ModuleType, sends: Sends, stop: threading.Event) -> None:
             sends.slowest = max(sends.slowest, time.monotonic() - start)
 
 
+def produce_async(tasks: ModuleType, sends: Sends, stop: threading.Event, ended_on: list[str]) -> None:
+    """As :func:`produce`, with ``await work.aapply_async`` on one event loop (the async publisher)."""
+
+    async def main() -> None:
+        began = time.monotonic()
+        try:
+            for n in range(TASKS):
+                if stop.is_set():
+                    return
+                pause = began + n / RATE - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                task_id = f"cluster-{n:05d}"
+                start = time.monotonic()
+                try:
+                    await tasks.work.aapply_async(args=(n,), task_id=task_id)
+                except AmqpTasksError as exc:
+                    sends.raised[task_id] = f"{type(exc).__name__}: {exc}"
+                else:
+                    sends.confirmed.append(task_id)
+                finally:
+                    sends.slowest = max(sends.slowest, time.monotonic() - start)
+        except BaseException as exc:  # noqa: BLE001 - a bug: recorded and failed on in the test body
+            sends.unexpected.append(exc)
+        finally:
+            ended_on.extend(p.address.where for p in tasks.app._async._producers.values())
+            await tasks.app.aclose()
+
+    asyncio.run(main())
+
+
 def longest_gap(times_file: Path) -> float:
     times = sorted(float(line) for line in times_file.read_text().split())
     return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
@@ -203,7 +235,7 @@ def declare_on(node: str, topology: Path) -> None:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("victim", ["producer", "worker", "leader"])
+@pytest.mark.parametrize("victim", ["producer", "async producer", "worker", "leader"])
 def test_cluster_failover(
     cluster: Cluster, victim: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,7 +251,7 @@ def test_cluster_failover(
     declare_on(leader_wanted, topology)
     leader = cluster.leader(queue)
     worker_node, producer_node = [node for node in NODES if node != leader]
-    target = {"producer": producer_node, "worker": worker_node, "leader": leader}[victim]
+    target = {"producer": producer_node, "async producer": producer_node, "worker": worker_node, "leader": leader}[victim]
     monkeypatch.setenv("AMQPTASKS_BROKER_URL", urls(producer_node))  # the producer App reads it at import
 
     started = time.monotonic()
@@ -237,7 +269,11 @@ def test_cluster_failover(
         sys.modules.pop(module, None)
         importlib.invalidate_caches()
         tasks = importlib.import_module(module)
-        producer = threading.Thread(target=produce, args=(tasks, sends, stop), name="cluster-producer", daemon=True)
+        ended_on: list[str] = []
+        if victim == "async producer":
+            producer = threading.Thread(target=produce_async, args=(tasks, sends, stop, ended_on), name="cluster-producer", daemon=True)
+        else:
+            producer = threading.Thread(target=produce, args=(tasks, sends, stop), name="cluster-producer", daemon=True)
         producer.start()
         while len(sends.confirmed) + len(sends.raised) < STOP_AFTER and producer.is_alive():
             time.sleep(0.01)
@@ -252,7 +288,8 @@ def test_cluster_failover(
         assert not producer.is_alive(), "the producer hung"
         assert not sends.unexpected, f"a send raised something other than an AmqpTasksError: {sends.unexpected!r}"
         wait_complete(sends.confirmed, tmp_path / "done.txt", timeout=120)
-        producer_on = ", ".join(sorted({p.address.where for p in tasks.app._sync._current().all})) or "-"
+        on = ended_on if victim == "async producer" else [p.address.where for p in tasks.app._sync._current().all]
+        producer_on = ", ".join(sorted(set(on))) or "-"
         gap = longest_gap(tmp_path / "times.txt")
         assert worker.process.poll() is None, f"the worker exited:\n{worker.log[-3000:]}"
         worker_on = ", ".join(re.findall(r"(Worker-\d) connected to the broker node at (\S+)", worker.log)[-2:][i][1] for i in range(2))
@@ -277,7 +314,7 @@ def test_cluster_failover(
         )
         assert result.lost == 0, f"{result.lost} confirmed task(s) vanished\n{worker.log[-3000:]}"
         assert len(sends.confirmed) + len(sends.raised) == TASKS
-        if victim == "producer":
+        if victim in ("producer", "async producer"):
             assert not sends.raised, f"sends raised: {raised}"
             assert PORTS[target] not in {int(w.rsplit(':', 1)[1]) for w in producer_on.split(", ")}
         else:
