@@ -115,11 +115,11 @@ for n in "${NODES[@]}"; do launch_node "$n"; done
 for n in "${NODES[@]}"; do wait_node "$n"; done
 for n in c2 c3; do
     if ! ctl c1 cluster_status --formatter json 2>/dev/null | grep -q "\"$n@localhost\""; then
-        ctl "$n" stop_app >/dev/null
-        ctl "$n" reset >/dev/null
-        ctl "$n" join_cluster c1@localhost >/dev/null
-        ctl "$n" start_app >/dev/null
-        ctl "$n" await_startup --timeout 60 >/dev/null
+        # RabbitMQ 3.10 logs harmless warnings while a node joins: kept in join.log, shown on failure
+        if ! { ctl "$n" stop_app && ctl "$n" reset && ctl "$n" join_cluster c1@localhost && ctl "$n" start_app \
+               && ctl "$n" await_startup --timeout 60; } >"$BASE/join-$n.log" 2>&1; then
+            cat "$BASE/join-$n.log" >&2; echo "$n could not join c1" >&2; exit 1
+        fi
         echo "$n joined c1"
     fi
 done
