@@ -108,13 +108,20 @@ class BrokerAddress:
 
 
 def _reason(cause: BaseException) -> str:
-    """The socket error behind a failed connect when there is one (aiormq wraps it: its
-    AMQPConnectionError carries the errno), else the error's type."""
-    for inner in (cause.__cause__, cause.__context__, *cause.args):
-        if isinstance(inner, OSError):
-            return type(inner).__name__
+    """The socket error behind a failed connect when there is one (pika and aiormq wrap it: in
+    their args, an ``exception`` attribute, the cause chain, or as an errno), else the error's type."""
+    seen: set[int] = set()
+    stack: list[object] = [cause]
+    while stack:
+        current = stack.pop(0)
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current is not cause and isinstance(current, OSError):
+            return type(current).__name__
+        stack.extend([*current.args, getattr(current, "exception", None), current.__cause__, current.__context__])
     if len(cause.args) >= 2 and isinstance(cause.args[0], int):
-        return type(OSError(cause.args[0], "")).__name__  # errno 111 -> ConnectionRefusedError
+        return type(OSError(cause.args[0], "")).__name__  # aiormq: errno 111 -> ConnectionRefusedError
     return type(cause).__name__
 
 

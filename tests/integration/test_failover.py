@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from amqptasks import App
-from tests.integration.test_send_sync import close_connections, closed_port_url, count, queue_app, wait_count
+from tests.integration.test_send_sync import (
+    close_connections,
+    closed_port_url,
+    count,
+    queue_app,
+    wait_count,
+)
 
 
 def other_spelling(broker_url: str) -> str:
@@ -35,7 +41,7 @@ def make_app(tmp_path: Path, unique: str, cleanup: Any, broker: list[str]) -> tu
 
 
 def test_sync_skips_a_closed_first_address(tmp_path: Path, unique: str, cleanup: Any, broker_url: str, channel: Any) -> None:
-    closed, port = closed_port_url()
+    closed, _port = closed_port_url()
     app, t = make_app(tmp_path, unique, cleanup, [closed, broker_url])
     try:
         t.delay(1)
@@ -47,7 +53,7 @@ def test_sync_skips_a_closed_first_address(tmp_path: Path, unique: str, cleanup:
 
 
 def test_async_skips_a_closed_first_address(tmp_path: Path, unique: str, cleanup: Any, broker_url: str, channel: Any) -> None:
-    closed, port = closed_port_url()
+    closed, _port = closed_port_url()
     app, t = make_app(tmp_path, unique, cleanup, [closed, broker_url])
 
     async def main() -> int:
@@ -93,3 +99,26 @@ def test_async_moves_to_the_next_address_after_a_loss(tmp_path: Path, unique: st
 
     assert asyncio.run(main()) == urlsplit(second).hostname
     assert count(channel, unique) >= 2
+
+
+def test_no_node_answers_names_every_node_sync_and_async(tmp_path: Path, unique: str, cleanup: Any, broker_url: str) -> None:
+    from amqptasks.errors import BrokerUnavailable
+
+    (first, port1), (second, port2) = closed_port_url(), closed_port_url()
+    app, t = make_app(tmp_path, unique, cleanup, [first, second])
+    expected = f"127.0.0.1:{port1} (ConnectionRefusedError), 127.0.0.1:{port2} (ConnectionRefusedError)"
+    try:
+        with pytest.raises(BrokerUnavailable) as sync_error:
+            t.delay(1)
+
+        async def main() -> BrokerUnavailable:
+            with pytest.raises(BrokerUnavailable) as async_error:
+                await t.adelay(1)
+            return async_error.value
+
+        for error in (sync_error.value, asyncio.run(main())):
+            text = str(error)
+            assert expected in text and "cannot reach any of the 2 broker nodes" in text, text
+            assert "rabbitmq.sh" not in text and "s3cret" not in text
+    finally:
+        app.close()
