@@ -31,7 +31,13 @@ if TYPE_CHECKING:
         UnknownTask,
         UnroutableError,
     )
-    from amqptasks.result import FAILURE, PENDING, SUCCESS, AsyncResult, ResultUnavailable
+    from amqptasks.result import (
+        FAILURE,
+        PENDING,
+        SUCCESS,
+        AsyncResult,
+        ResultUnavailable,
+    )
     from amqptasks.settings import Settings
     from amqptasks.task import Signature, Task
 

@@ -18,7 +18,12 @@ from typing import TYPE_CHECKING, Any, overload
 from amqptasks.core.options import task_options
 from amqptasks.core.routing import Outgoing
 from amqptasks.core.topology import Topology
-from amqptasks.errors import ConfigurationError, TopologyError, TopologyIssue, UnknownTask
+from amqptasks.errors import (
+    ConfigurationError,
+    TopologyError,
+    TopologyIssue,
+    UnknownTask,
+)
 from amqptasks.remote import ExceptionRebuilder
 from amqptasks.result import AsyncResult, ResultSource
 from amqptasks.settings import Settings
@@ -79,7 +84,7 @@ class App:
         self,
         main: str | None = None,
         *,
-        broker: str | None = None,
+        broker: str | Sequence[str] | None = None,
         topology: TopologyPaths = None,
         settings: Settings | None = None,
         rebuild_exceptions: bool = True,
@@ -107,7 +112,7 @@ class App:
         self.exception_rebuilder = ExceptionRebuilder(rebuild_exceptions, not_rebuilt)
 
     def __repr__(self) -> str:
-        return f"<App {self.main} broker={self.settings.address.masked}>"
+        return f"<App {self.main} broker={self.settings.masked_broker}>"
 
     # --- configuration -------------------------------------------------------------------------
 

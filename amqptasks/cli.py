@@ -98,7 +98,8 @@ Files = Annotated[
 Broker = Annotated[
     str | None,
     typer.Option("--broker", metavar="URL",
-                 help="amqp://user:pass@host:5672/vhost (default: $AMQPTASKS_BROKER_URL, then localhost)."),
+                 help="amqp://user:pass@host:5672/vhost; a cluster's nodes as full URLs joined with ';' "
+                      "(default: $AMQPTASKS_BROKER_URL, then localhost)."),
 ]
 ManagementUrl = Annotated[
     str | None,
@@ -215,6 +216,9 @@ def worker_command(
                         help="debug, info, warning or error (any case, as Celery's -l INFO).")] = "info",
     grace: Annotated[float, typer.Option("--grace", min=0, metavar="SECONDS", help="Seconds running tasks get to finish on SIGTERM.")] = 30.0,
     burst: Annotated[bool, typer.Option("--burst", help="Drain the queues, then exit 0.")] = False,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait",
+                    help="Wait (retrying, a log line per attempt) until the broker answers at start; "
+                         "--no-wait (and --burst): exit 3 at once.")] = True,
     inline: Annotated[bool, typer.Option("--inline/--no-inline",
                       help="Let tasks declared @app.task(inline=True) run on the event loop once proven "
                            "instant (32 calls in a row under 0.1 ms). --no-inline: a kill switch that keeps "
@@ -232,7 +236,7 @@ def worker_command(
     exec_worker(
         app=app, queues=queues, processes=processes, threads=threads, prefetch=prefetch, broker=broker,
         topology=[str(path) for path in topology] if topology else None, loglevel=loglevel, grace=grace,
-        burst=burst, inline=inline,
+        burst=burst, inline=inline, wait=wait,
     )
 
 

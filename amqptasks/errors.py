@@ -56,6 +56,11 @@ class BrokerUnavailable(AmqpTasksError):
     """The broker could not be reached. The message names host:port, never the password."""
 
 
+class BrokerRefused(BrokerUnavailable):
+    """A broker node answered but refused the connection (credentials, vhost access, TLS): waiting
+    for the broker will not help; the settings need fixing."""
+
+
 class PublishError(AmqpTasksError):
     """The broker did not confirm a publish (nack, channel closed, or no confirm in time)."""
 

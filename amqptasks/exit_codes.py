@@ -9,7 +9,13 @@ unreachable.
 
 from __future__ import annotations
 
-from amqptasks.errors import AmqpTasksError, BrokerUnavailable, ConfigurationError, TopologyConflict, TopologyError
+from amqptasks.errors import (
+    AmqpTasksError,
+    BrokerUnavailable,
+    ConfigurationError,
+    TopologyConflict,
+    TopologyError,
+)
 
 EXIT_OK = 0
 EXIT_INVALID = 1

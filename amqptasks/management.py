@@ -95,7 +95,7 @@ class ManagementEndpoint:
     @classmethod
     def from_settings(cls, settings: Settings, management_url: str | None = None) -> ManagementEndpoint | None:
         """The endpoint for the broker ``settings`` points at (see :meth:`for_broker`)."""
-        return cls.from_amqp_url(settings.broker_url, management_url)
+        return cls.from_amqp_url(settings.address.url, management_url)  # the first node's
 
     @classmethod
     def from_amqp_url(cls, broker_url: str, management_url: str | None = None) -> ManagementEndpoint | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from urllib.parse import unquote, urlsplit
@@ -14,6 +14,12 @@ from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, QUEUE
 from amqptasks.errors import ConfigurationError
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
+#: Several broker addresses (the nodes of one cluster) in one setting: Celery's separator.
+URL_SEPARATOR = ";"
+_LIST_HINT = (
+    "give several broker addresses as full URLs separated by ';' "
+    "(amqp://user:pass@node1:5672/vhost;amqp://user:pass@node2:5672/vhost), or App(broker=[url, url])"
+)
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,12 @@ class BrokerAddress:
             )
         if not parts.hostname:
             raise ConfigurationError("broker URL has no host; expected amqp://user:pass@host:5672/vhost")
+        rest = url.split("://", 1)[1]
+        if "://" in rest:
+            # "amqp://a:1@h1/%2F,amqp://b:2@h2/%2F" parses as one host with a vhost of "%2F,amqp://..."
+            raise ConfigurationError(
+                f"broker URL {mask_url(url)!r} holds more than one URL (joined with {_joiner(rest)!r}?); {_LIST_HINT}"
+            )
         default_port = 5671 if parts.scheme == "amqps" else 5672
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         vhost = unquote(path) if path else "/"
@@ -64,9 +76,13 @@ class BrokerAddress:
     def unreachable(self, cause: BaseException) -> str:
         """Why no connection could be made, naming host:port and never the password."""
         return (
-            f"cannot reach the broker at {self.where} ({type(cause).__name__}); is RabbitMQ running? "
+            f"cannot reach the broker at {self.where} ({_reason(cause)}); is RabbitMQ running? "
             "Start it (./scripts/rabbitmq.sh) or set AMQPTASKS_BROKER_URL"
         )
+
+    def why_not(self, cause: BaseException) -> str:
+        """The short reason for one node of several: ``host:port (ConnectionRefusedError)``."""
+        return f"{self.where} ({_reason(cause)})"
 
     def tls_failed(self, error: ssl.SSLError) -> str:
         """A failed TLS handshake: what went wrong, and the setting that fixes it."""
@@ -89,6 +105,24 @@ class BrokerAddress:
     def masked(self) -> str:
         """The URL with the password replaced by ``***``: safe to print and log."""
         return mask_url(self.url)
+
+
+def _reason(cause: BaseException) -> str:
+    """The socket error behind a failed connect when there is one (pika and aiormq wrap it: in
+    their args, an ``exception`` attribute, the cause chain, or as an errno), else the error's type."""
+    seen: set[int] = set()
+    stack: list[object] = [cause]
+    while stack:
+        current = stack.pop(0)
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current is not cause and isinstance(current, OSError):
+            return type(current).__name__
+        stack.extend([*current.args, getattr(current, "exception", None), current.__cause__, current.__context__])
+    if len(cause.args) >= 2 and isinstance(cause.args[0], int):
+        return type(OSError(cause.args[0], "")).__name__  # aiormq: errno 111 -> ConnectionRefusedError
+    return type(cause).__name__
 
 
 _SSL_TEXT = re.compile(r"\[SSL: ([A-Z0-9_]+)\] ([^(\]'\"]+)")
@@ -136,18 +170,67 @@ def _masked_repr(obj: object) -> str:
 _URL_FIELDS = frozenset({"url", "broker_url"})
 
 
+# scheme://user:password@ -> scheme://user:***@, wherever it appears (a list, a comma-joined pair,
+# an error text). Over-masking a malformed string is fine; showing a password is not.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:@/\s;,]*):[^@\s]*@")
+
+
 def mask_url(url: str) -> str:
-    """Replace the password of ``url`` with ``***``; leave anything unparsable fully masked."""
+    """Replace every password in ``url`` (one URL or several, ';'-joined) with ``***``;
+    leave anything unparsable fully masked."""
     try:
-        parts = urlsplit(url)
+        for item in url.split(URL_SEPARATOR):
+            urlsplit(item)
     except ValueError:
         return "***"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc
-    userinfo, _, hostport = netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{hostport}").geturl()
+    return _USERINFO.sub(r"\1:***@", url)
+
+
+def _joiner(rest: str) -> str:
+    """The character just before a second ``scheme://`` (what joined two URLs)."""
+    head = rest.split("://", 1)[0]
+    stripped = re.sub(r"[a-zA-Z0-9+.-]*$", "", head)
+    return stripped[-1:] or "?"
+
+
+def split_broker_urls(value: str | Sequence[str]) -> tuple[str, ...]:
+    """The broker URLs of a setting: one URL, several joined with ';', or a list of URLs.
+
+    Every item is checked (:meth:`BrokerAddress.parse`); a bad one is a ConfigurationError naming
+    its position and the (masked) item.
+    """
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(URL_SEPARATOR)]
+        if len(items) > 1 and items[-1] == "":
+            items.pop()  # a trailing ';' is harmless
+    else:
+        items = list(value)
+        if not items:
+            raise ConfigurationError(f"the broker list is empty; {_LIST_HINT}")
+        for position, item in enumerate(items, 1):
+            if not isinstance(item, str):
+                raise ConfigurationError(f"broker address #{position} is {type(item).__name__}, not a URL string; {_LIST_HINT}")
+            if URL_SEPARATOR in item:
+                raise ConfigurationError(
+                    f"broker address #{position} {mask_url(item)!r} holds a ';': give one URL per list item"
+                )
+        items = [item.strip() for item in items]
+    count = len(items)
+    schemes: set[str] = set()
+    for position, item in enumerate(items, 1):
+        where = f"broker address #{position} of {count}" if count > 1 else "broker URL"
+        if not item:
+            raise ConfigurationError(f"{where} is empty (two ';' in a row, or an empty list item?); {_LIST_HINT}")
+        try:
+            schemes.add(BrokerAddress.parse(item).scheme)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where} {mask_url(item)!r}: {exc}") from None
+    if len(schemes) > 1:
+        raise ConfigurationError(
+            "the broker list mixes amqp:// and amqps:// addresses; the nodes of one cluster take one scheme "
+            "(and one set of TLS files): use amqps:// for all or none"
+        )
+    return tuple(items)
 
 
 def _env_float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -198,7 +281,9 @@ class Settings:
         return _masked_repr(self)
 
     def __post_init__(self) -> None:
-        BrokerAddress.parse(self.broker_url)  # reject a bad URL when the settings are made
+        if not isinstance(self.broker_url, str):  # Settings(broker_url=[...]): keep one spelling
+            object.__setattr__(self, "broker_url", URL_SEPARATOR.join(split_broker_urls(self.broker_url)))
+        split_broker_urls(self.broker_url)  # reject a bad URL (or list) when the settings are made
         for name in ("connect_timeout", "confirm_timeout", "reconnect_delay"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"{name} must be greater than 0, got {getattr(self, name)!r}")
@@ -215,7 +300,7 @@ class Settings:
         if not given:
             return
         names = ", ".join(f"{name} ({TLS_ENV[name]})" for name in given)
-        if BrokerAddress.parse(self.broker_url).scheme != "amqps":
+        if self.address.scheme != "amqps":
             # Silently connecting in plain text while TLS files are configured would be worse.
             raise ConfigurationError(f"{names} set but the broker URL is not amqps://; use amqps://host:5671/vhost")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -248,13 +333,35 @@ class Settings:
         return context
 
     @property
+    def addresses(self) -> tuple[BrokerAddress, ...]:
+        """Every broker address, in the order given (the nodes of a cluster; usually one)."""
+        return tuple(BrokerAddress.parse(url) for url in split_broker_urls(self.broker_url))
+
+    @property
     def address(self) -> BrokerAddress:
-        return BrokerAddress.parse(self.broker_url)
+        """The first broker address (the only one, unless several were given)."""
+        return self.addresses[0]
+
+    @property
+    def masked_broker(self) -> str:
+        """Every broker address with its password masked: safe to print and log."""
+        return mask_url(self.broker_url)
+
+    @property
+    def where(self) -> str:
+        """``host:port`` of every address, for messages (``a:5672, b:5672``)."""
+        return ", ".join(address.where for address in self.addresses)
 
     @classmethod
-    def from_env(cls, broker_url: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
-        """Settings from explicit arguments, then ``AMQPTASKS_*`` variables, then defaults."""
+    def from_env(cls, broker_url: str | Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from explicit arguments, then ``AMQPTASKS_*`` variables, then defaults.
+
+        ``broker_url`` (and ``AMQPTASKS_BROKER_URL``) may name several nodes: URLs joined with ';',
+        or (here) a list of URLs.
+        """
         env = os.environ if env is None else env
+        if broker_url is not None and not isinstance(broker_url, str):
+            broker_url = URL_SEPARATOR.join(split_broker_urls(broker_url))
         return cls(
             broker_url=broker_url or env.get("AMQPTASKS_BROKER_URL") or DEFAULT_BROKER_URL,
             connect_timeout=_env_float(env, "AMQPTASKS_CONNECT_TIMEOUT", cls.connect_timeout),
@@ -264,5 +371,8 @@ class Settings:
             **{name: _env_path(env, variable) for name, variable in TLS_ENV.items()},
         )
 
-    def with_broker(self, broker_url: str) -> Settings:
+    def with_broker(self, broker_url: str | Sequence[str]) -> Settings:
+        """These settings with another broker (one URL, ';'-joined URLs or a list)."""
+        if not isinstance(broker_url, str):
+            broker_url = URL_SEPARATOR.join(split_broker_urls(broker_url))
         return replace(self, broker_url=broker_url)

@@ -1,4 +1,5 @@
-"""Opening aio-pika connections: failures become :class:`BrokerUnavailable` naming host:port."""
+"""Opening aio-pika connections: the broker's nodes are tried in turn (core/failover.py); failures
+become :class:`BrokerUnavailable` naming host:port of every node tried."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import aiormq.exceptions
 
 from amqptasks.aio import wire
 from amqptasks.aio.tap import DeliveryTap, TapFactory
-from amqptasks.errors import BrokerUnavailable
-from amqptasks.settings import Settings, find_tls_error
+from amqptasks.core.failover import NodeRing, no_node
+from amqptasks.settings import BrokerAddress, Settings, find_tls_error
 
 
-def _url_with_name(settings: Settings, name: str) -> str:
+def _url_with_name(settings: Settings, name: str, address: BrokerAddress) -> str:
     # aio-pika reads connection options from the query string.
-    separator = "&" if "?" in settings.broker_url else "?"
-    return f"{settings.broker_url}{separator}heartbeat={settings.heartbeat}&name={name}"
+    separator = "&" if "?" in address.url else "?"
+    return f"{address.url}{separator}heartbeat={settings.heartbeat}&name={name}"
 
 
 class TappedConnection(aio_pika.Connection):
@@ -28,6 +29,21 @@ class TappedConnection(aio_pika.Connection):
         super().__init__(url, loop=loop, **kwargs)
         self._tap_factory = TapFactory()
         self.kwargs["transport_factory"] = self._tap_factory  # passed on to aiormq's Connection
+        self.address: BrokerAddress | None = None  # the node it reached (set by aconnect)
+
+    def describe_node(self) -> str:
+        """``host:port`` of the node, with what the server says of itself (product, version,
+        cluster name: RabbitMQ does not send the node name)."""
+        where = self.address.where if self.address is not None else "?"
+        try:
+            props: dict[str, Any] = dict(self.transport.connection.server_properties or {})  # type: ignore[union-attr]
+        except AttributeError:
+            return where
+        text = {k: v.decode(errors="replace") if isinstance(v, bytes) else v for k, v in props.items()}
+        about = " ".join(str(text[k]) for k in ("product", "version") if text.get(k))
+        if text.get("cluster_name"):
+            about += f", cluster {text['cluster_name']}"
+        return f"{where} ({about})" if about else where
 
     @property
     def tap(self) -> DeliveryTap:
@@ -39,17 +55,48 @@ class TappedConnection(aio_pika.Connection):
         return tap
 
 
-async def aconnect(settings: Settings, name: str) -> TappedConnection:
-    """An aio-pika connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it, or BrokerUnavailable."""
+async def aconnect(settings: Settings, name: str, ring: NodeRing | None = None) -> TappedConnection:
+    """An aio-pika connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it, to the first
+    node of ``ring``'s order that answers (``connection.address``); or BrokerUnavailable naming
+    every node tried."""
+    addresses = settings.addresses
+    ring = ring or NodeRing(len(addresses))
+    tried: list[str] = []
+    single: str | None = None
+    refused = False
+    for index in ring.order():
+        address = addresses[index]
+        try:
+            connection = await _connect_one(settings, name, address)
+        except _Failed as failed:
+            single = failed.message
+            refused |= failed.refused
+            tried.append(address.why_not(failed.cause))
+            ring.lost(index)
+            continue
+        ring.connected(index)
+        connection.address = address
+        return connection
+    raise no_node(tried, single, refused)
+
+
+class _Failed(Exception):
+    def __init__(self, message: str, cause: BaseException, refused: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.cause = cause
+        self.refused = refused  # the node answered and refused us (credentials, TLS)
+
+
+async def _connect_one(settings: Settings, name: str, address: BrokerAddress) -> TappedConnection:
     # Every aio connection, worker or producer, decodes and encodes through the fixed pamqp:
     # a bad frame must not close it, and a header such as {"delta": -1} must encode (aio/wire.py).
     wire.install()
-    address = settings.address
     try:
         connection = await asyncio.wait_for(
             # ssl_context: None for amqp://; for amqps:// the configured CA / client certificate.
             aio_pika.connect(
-                _url_with_name(settings, name),
+                _url_with_name(settings, name, address),
                 timeout=settings.connect_timeout,
                 ssl_context=settings.ssl_context(),
                 connection_class=TappedConnection,
@@ -58,8 +105,10 @@ async def aconnect(settings: Settings, name: str) -> TappedConnection:
         )
         assert isinstance(connection, TappedConnection)
         return connection
-    except aiormq.exceptions.ProbableAuthenticationError:
-        raise BrokerUnavailable(address.refused_credentials()) from None
+    except aiormq.exceptions.ProbableAuthenticationError as exc:
+        raise _Failed(address.refused_credentials(), exc, True) from None
     except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
         tls = find_tls_error(exc) if address.scheme == "amqps" else None
-        raise BrokerUnavailable(address.tls_failed(tls) if tls is not None else address.unreachable(exc)) from None
+        if tls is not None:
+            raise _Failed(address.tls_failed(tls), exc, True) from None
+        raise _Failed(address.unreachable(exc), exc, False) from None

@@ -7,13 +7,15 @@ throughput (scripts/bench_publish.py). aiormq's reader settles the confirms (one
 delivery tag) and matches a ``basic.return`` to its publish by ``message_id`` (our task id), so
 an unroutable message fails its own send only.
 
-A connection lost during a send is replaced and the unconfirmed messages are published again, at
-most ``settings.reconnect_attempts`` times: at-least-once, like the sync producer.
+A connection lost during a send is replaced (on the next broker node that answers, when several are
+configured) and the unconfirmed messages are published again, within the budget and node order of
+``core/failover.py``: at-least-once, like the sync producer, by the same rules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +27,7 @@ import aiormq.exceptions
 from amqptasks.aio.connection import aconnect
 from amqptasks.aio.outbox import Outbox
 from amqptasks.aio.results import AsyncReplies
+from amqptasks.core.failover import NodeRing, Republish
 from amqptasks.core.preflight import Check, Landing, Preflight
 from amqptasks.core.routing import Outgoing
 from amqptasks.core.topology import Topology
@@ -35,8 +38,9 @@ from amqptasks.errors import (
     PublishTimeout,
     UnroutableError,
 )
-from amqptasks.settings import Settings
+from amqptasks.settings import BrokerAddress, Settings
 
+log = logging.getLogger("amqptasks.publisher")
 # Errors that mean "this connection/channel is gone": reconnect and publish again.
 LOST = (aiormq.exceptions.AMQPConnectionError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError, OSError)
 
@@ -53,6 +57,7 @@ class AsyncProducer:
     def __init__(self, settings: Settings, connection: Any, channel: Any, replies: AsyncReplies, topology: Topology) -> None:
         self.settings = settings
         self.connection = connection
+        self.address: BrokerAddress = getattr(connection, "address", None) or settings.address  # its node
         self.channel = channel  # aiormq channel
         self._outbox = Outbox(channel)  # every publish on the channel goes through it
         self.replies = replies
@@ -69,10 +74,10 @@ class AsyncProducer:
         self._watchdog = asyncio.get_running_loop().create_task(self._watch_confirms())
 
     @classmethod
-    async def open(cls, settings: Settings, topology: Topology, name: str) -> AsyncProducer:
+    async def open(cls, settings: Settings, topology: Topology, name: str, ring: NodeRing | None = None) -> AsyncProducer:
         from amqptasks.aio.topology import aprovision
 
-        connection = await aconnect(settings, name)
+        connection = await aconnect(settings, name, ring)
         try:
             await aprovision(connection, topology)
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -119,7 +124,7 @@ class AsyncProducer:
                     if self.connection.is_closed:
                         raise  # the connection went down: LOST, not a refusal
                     code, text = closed_reply(exc)
-                    raise self.preflight.refused(check, code, text, self.settings.address.where) from None
+                    raise self.preflight.refused(check, code, text, self.address.where) from None
                 finally:
                     if not probe.is_closed:
                         await probe.close()
@@ -143,7 +148,7 @@ class AsyncProducer:
             task.uncancel()  # the watchdog's cancel, not the caller's: keep the caller's count right
             return PublishTimeout(
                 f"task {item.task_name} {item.task_id} not confirmed within {self.settings.confirm_timeout} s by "
-                f"the broker at {self.settings.address.where} (memory or disk alarm?); it may still be delivered"
+                f"the broker at {self.address.where} (memory or disk alarm?); it may still be delivered"
             )
         except aiormq.exceptions.PublishError as exc:  # basic.return: routed to no queue
             ret: Any = exc.frame  # spec.Basic.Return
@@ -232,6 +237,7 @@ class AsyncPublisher:
         self._producers: dict[asyncio.AbstractEventLoop, AsyncProducer] = {}
         self._opening: dict[asyncio.AbstractEventLoop, asyncio.Lock] = {}
         self._opened = 0
+        self._ring = NodeRing(len(settings.addresses))  # which node a new producer tries first
 
     def _forget_stale(self) -> None:
         if self._pid != os.getpid():  # forked child: never touch the parent's connections
@@ -252,10 +258,14 @@ class AsyncPublisher:
             if producer is not None and producer.usable:
                 return producer
             if producer is not None:
+                if producer.broken is not None:  # lost with its node: start with the next one
+                    self._ring.lost_node(self.settings.addresses, producer.address)
                 await producer.close()
             self._opened += 1
             name = f"amqptasks async producer {self._main} pid={os.getpid()} #{self._opened}"
-            producer = await AsyncProducer.open(self.settings, self._topology(), name)
+            producer = await AsyncProducer.open(self.settings, self._topology(), name, self._ring)
+            if self._ring.count > 1:
+                log.info("async producer #%d connected to the broker node at %s", self._opened, producer.address.where)
             self._producers[loop] = producer
             return producer
 
@@ -280,7 +290,8 @@ class AsyncPublisher:
         owners: list[AsyncReplies | None] = [None] * count
         errors: list[BaseException | None] = [None] * count
         todo = list(range(count))
-        attempt = 0
+        budget: Republish | None = None  # made on the first loss only
+        node: BrokerAddress | None = None
         while todo:
             try:
                 producer: AsyncProducer | None = await self._producer()
@@ -289,6 +300,7 @@ class AsyncPublisher:
                     raise
                 producer = None
             if producer is not None:
+                node = producer.address
                 try:
                     results, done = await producer.publish([items[i] for i in todo])
                 except _Lost as exc:
@@ -304,13 +316,11 @@ class AsyncPublisher:
                     producer.broken = producer.broken or lost
                 todo = [i for j, i in enumerate(todo) if not done[j]]
             if todo:
-                attempt += 1
-                if attempt > self.settings.reconnect_attempts:
-                    raise BrokerUnavailable(
-                        f"lost the connection to the broker at {self.settings.address.where} ({lost}); "
-                        f"{len(todo)} message(s) unconfirmed after {attempt} attempt(s) — they may or may not have been delivered"
-                    )
-                await asyncio.sleep(self.settings.reconnect_delay * attempt)
+                budget = budget or Republish(self.settings.reconnect_attempts, self.settings.reconnect_delay)
+                if node is not None:
+                    budget.on(node.where)
+                    node = None
+                await asyncio.sleep(budget.next_wait(len(todo), lost))
         for error in errors:
             if error is not None:
                 raise error

@@ -102,7 +102,14 @@ from __future__ import annotations
 
 import hashlib
 
-from amqptasks.core.topology import MAX_NAME_BYTES, Binding, Exchange, Origin, Queue, Topology
+from amqptasks.core.topology import (
+    MAX_NAME_BYTES,
+    Binding,
+    Exchange,
+    Origin,
+    Queue,
+    Topology,
+)
 
 RANGE_MS = 2**36 - 1  # the longest delay wanted: ≈ 2.18 years (≥ 1 year with room to spare)
 RADIX = 16  # ~10x cheaper for the broker than 2 and less late (measured above); same range

@@ -19,7 +19,15 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from amqptasks.core.frames import BASIC_ACK, BASIC_CLASS, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_METHOD, encode_frame
+from amqptasks.core.frames import (
+    BASIC_ACK,
+    BASIC_CLASS,
+    FRAME_BODY,
+    FRAME_END,
+    FRAME_HEADER,
+    FRAME_METHOD,
+    encode_frame,
+)
 
 FRAME_HEARTBEAT = 8
 END_OCTET = FRAME_END[0]  # as indexing bytes reads it

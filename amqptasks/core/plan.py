@@ -15,7 +15,14 @@ from decimal import Decimal
 from typing import Any
 
 from amqptasks.core.durations import format_duration
-from amqptasks.core.plan_types import Difference, EntityPlan, ObservedExchange, ObservedState, Plan, Status
+from amqptasks.core.plan_types import (
+    Difference,
+    EntityPlan,
+    ObservedExchange,
+    ObservedState,
+    Plan,
+    Status,
+)
 from amqptasks.core.topology import Binding, Exchange, Queue, Topology
 
 #: Queue arguments a policy can set too, by their policy key. A policy can supply a setting the

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, delay_infrastructure, landing_for
+from amqptasks.core.delays import (
+    DELAY_EXCHANGE_PREFIX,
+    LEVEL_QUEUE_TYPE,
+    delay_infrastructure,
+    landing_for,
+)
 from amqptasks.core.topology import Topology, merge_all
 
 

@@ -26,7 +26,6 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from amqptasks.errors import ConfigurationError, TaskRetry

@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 import pika
 import pika.exceptions
 
-from amqptasks.core.deadletter import DeadLetterInfo, describe_dead_letter, replay_headers
+from amqptasks.core.deadletter import (
+    DeadLetterInfo,
+    describe_dead_letter,
+    replay_headers,
+)
 from amqptasks.errors import AmqpTasksError, ConfigurationError
 from amqptasks.settings import Settings
 from amqptasks.sync.connection import connect

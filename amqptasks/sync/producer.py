@@ -24,6 +24,7 @@ import pika.exceptions
 from pika.spec import Basic
 
 from amqptasks.core.envelope import Properties
+from amqptasks.core.failover import NodeRing
 from amqptasks.core.frames import encode_publish
 from amqptasks.core.preflight import Check, Landing, Preflight
 from amqptasks.core.routing import Outgoing
@@ -35,7 +36,7 @@ from amqptasks.errors import (
     UnroutableError,
 )
 from amqptasks.settings import Settings
-from amqptasks.sync.connection import connect
+from amqptasks.sync.connection import connect_node
 from amqptasks.sync.direct import DirectSocket
 from amqptasks.sync.results import Broken, Replies, SharedConnection
 
@@ -70,10 +71,11 @@ def pika_properties(p: Properties) -> pika.BasicProperties:
 class Producer(SharedConnection):
     """One connection and channel in confirm mode with a reply consumer; publish between acquire/release."""
 
-    def __init__(self, settings: Settings, topology: Topology, name: str) -> None:
+    def __init__(self, settings: Settings, topology: Topology, name: str, ring: NodeRing | None = None) -> None:
         from amqptasks.sync.topology import provision
 
-        super().__init__(settings, connect(settings, name))
+        connection, self.address = connect_node(settings, name, ring)  # the node it is on (failover)
+        super().__init__(settings, connection)
         self.direct = DirectSocket(self.connection)
         self._tag = 0
         self._low = 1  # lowest delivery tag that may still be unconfirmed
@@ -90,7 +92,7 @@ class Producer(SharedConnection):
             selected = self.signal()
             self.channel_impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected)
             if not self.pump(selected.is_set, time.monotonic() + settings.confirm_timeout):
-                raise PublishTimeout(f"the broker at {settings.address.where} did not enable publisher confirms in time")
+                raise PublishTimeout(f"the broker at {self.address.where} did not enable publisher confirms in time")
             self.channel_impl.add_on_return_callback(self._on_return)
             self.direct.take_acks(self.channel_impl.channel_number, self._confirmed)
             self.channel_impl.add_on_close_callback(self._on_channel_closed)
@@ -160,7 +162,7 @@ class Producer(SharedConnection):
                     else:
                         probe.queue_declare(check.name, passive=True)
                 except pika.exceptions.ChannelClosedByBroker as exc:
-                    raise self.preflight.refused(check, exc.reply_code, exc.reply_text, self.settings.address.where) from None
+                    raise self.preflight.refused(check, exc.reply_code, exc.reply_text, self.address.where) from None
                 finally:
                     if probe.is_open:
                         probe.close()
@@ -215,7 +217,7 @@ class Producer(SharedConnection):
             self._abandon(flight)
             raise PublishTimeout(
                 f"{flight.remaining} of {len(flight.done)} message(s) not confirmed within {timeout} s by the broker "
-                f"at {self.settings.address.where} (memory or disk alarm? see `rabbitmqctl status`); "
+                f"at {self.address.where} (memory or disk alarm? see `rabbitmqctl status`); "
                 "they may still be delivered"
             )
 

@@ -5,10 +5,11 @@ Design:
 * A **pool of producers**, each one connection + one channel + its lock. pika's BlockingConnection
   is not thread-safe; a thread takes an idle producer for the length of one publish, so N threads
   publishing at once use N connections, and a thread pool never grows connections past its size.
-* **Reconnects**: a connection lost during a send is replaced and the unconfirmed messages are
-  published again, at most ``settings.reconnect_attempts`` times. A message whose confirm was lost
-  with the connection may therefore arrive twice — delivery is at-least-once; tasks should be
-  idempotent (docs/protocol.md).
+* **Reconnects and failover**: a connection lost during a send is replaced — on the next broker
+  node that answers when several are configured — and the unconfirmed messages are published again,
+  within the budget and in the node order of ``core/failover.py`` (the same rules as the async
+  publisher). A message whose confirm was lost with the connection may therefore arrive twice —
+  delivery is at-least-once; tasks should be idempotent (docs/protocol.md).
 * **Fork safety** (gunicorn ``--preload``): producers belong to the pid that opened them. A child
   drops the inherited pool without closing anything over the wire — closing would also tear down
   the parent's socket state (the epoll set is shared across fork) — and opens its own.
@@ -18,18 +19,22 @@ Design:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 
+from amqptasks.core.failover import NodeRing, Republish
 from amqptasks.core.routing import Outgoing
 from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable, PublishError
 from amqptasks.settings import Settings
 from amqptasks.sync.producer import IDLE_CHECK_AFTER, Flight, Producer
 from amqptasks.sync.results import Broken, Replies
+
+log = logging.getLogger("amqptasks.publisher")
 
 
 class _PoolState:
@@ -55,6 +60,7 @@ class SyncPublisher:
         self._state = _PoolState()
         self._inherited: list[_PoolState] = []  # parent's producers in a child: kept, never closed
         self._closed = False
+        self._ring = NodeRing(len(settings.addresses))  # which node new producers try first
         ref = weakref.ref(self)
 
         def after_fork_in_child() -> None:
@@ -92,7 +98,9 @@ class SyncPublisher:
         with state.lock:
             state.opened += 1
             number = state.opened
-        producer = Producer(self.settings, self._topology(), f"amqptasks producer {self._main} pid={state.pid} #{number}")
+        producer = Producer(self.settings, self._topology(), f"amqptasks producer {self._main} pid={state.pid} #{number}", self._ring)
+        if self._ring.count > 1:  # which node of several: one line per connection opened
+            log.info("producer #%d connected to the broker node at %s", number, producer.address.where)
         with state.lock:
             state.all.append(producer)
             if state.keeper is None:
@@ -114,6 +122,8 @@ class SyncPublisher:
         producer.close()
 
     def _discard(self, state: _PoolState, producer: Producer) -> None:
+        if producer.broken is not None:  # lost with its node: new producers start with the next node
+            self._ring.lost_node(self.settings.addresses, producer.address)
         with state.lock:
             if producer in state.all:
                 state.all.remove(producer)
@@ -136,7 +146,8 @@ class SyncPublisher:
         errors: list[BaseException | None] = [None] * count
         todo = list(range(count))
         lost: Broken | None = None
-        attempt = 0
+        budget: Republish | None = None  # made on the first loss only: the common send needs none
+        node = None
         while todo:
             state = self._current()
             # After a loss, open a fresh connection: idle ones may have died with the same broker.
@@ -150,6 +161,7 @@ class SyncPublisher:
                         raise  # never connected during this send: the broker is down, say so now
                     producer = None
             if producer is not None:
+                node = producer.address
                 try:
                     producer.acquire()
                     try:
@@ -169,14 +181,11 @@ class SyncPublisher:
                         owners[i] = producer.replies if items[i].wants_result else None
                 todo = [i for j, i in enumerate(todo) if not flight.done[j]]
             if todo:
-                attempt += 1
-                if attempt > self.settings.reconnect_attempts:
-                    raise BrokerUnavailable(
-                        f"lost the connection to the broker at {self.settings.address.where} "
-                        f"({lost.cause if lost else 'closed'}); "
-                        f"{len(todo)} message(s) unconfirmed after {attempt} attempt(s) — they may or may not have been delivered"
-                    )
-                time.sleep(self.settings.reconnect_delay * attempt)
+                budget = budget or Republish(self.settings.reconnect_attempts, self.settings.reconnect_delay)
+                if node is not None:
+                    budget.on(node.where)
+                    node = None
+                time.sleep(budget.next_wait(len(todo), lost.cause if lost else None))
         for error in errors:
             if error is not None:
                 raise error

@@ -19,12 +19,18 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from amqptasks.core.deadletter import with_implicit_queues
+from amqptasks.core.failover import NodeRing
 from amqptasks.core.provision import with_delays
-from amqptasks.errors import ConfigurationError
+from amqptasks.errors import BrokerRefused, BrokerUnavailable, ConfigurationError
 from amqptasks.worker.banner import banner
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.consumer import Consumer
-from amqptasks.worker.supervisor import STOP_SIGNAL, block_signals, configure_logging, fork_consumer
+from amqptasks.worker.supervisor import (
+    STOP_SIGNAL,
+    block_signals,
+    configure_logging,
+    fork_consumer,
+)
 
 if TYPE_CHECKING:
     from amqptasks.app import App
@@ -56,8 +62,13 @@ def prepare_topology(app: App, config: WorkerConfig) -> Topology:
     return with_delays(topology, retry_landings, prefix=settings.delay_prefix, queue_type=settings.delay_queue_type)
 
 
-def provision(app: App, topology: Topology) -> None:
+def provision(app: App, topology: Topology, wait: bool = False) -> None:
     """Declare what is missing before any process starts; a conflict stops the worker.
+
+    ``wait``: while no broker node answers, log the attempt and try again (backoff of
+    core/failover.py, at most 5 s): a worker may start before its broker (Kubernetes starts pods
+    in any order). Without it, BrokerUnavailable ends the worker at once (exit code 3), as does a
+    node that answers and refuses (BrokerRefused: credentials, vhost access, TLS) with it.
 
     Through aio-pika, which the consumers load anyway: pika would stay resident in every forked
     process for this one call (about 4 MiB each)."""
@@ -65,7 +76,22 @@ def provision(app: App, topology: Topology) -> None:
     from amqptasks.aio.topology import aprovision
 
     async def declare() -> None:
-        connection = await aconnect(app.settings, f"amqptasks worker provisioning pid={os.getpid()}")
+        ring = NodeRing(len(app.settings.addresses))
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                connection = await aconnect(app.settings, f"amqptasks worker provisioning pid={os.getpid()}", ring)
+                break
+            except BrokerRefused:
+                raise  # a node answered and refused (credentials, access, TLS): waiting will not fix it
+            except BrokerUnavailable as exc:
+                if not wait:
+                    raise
+                pause = ring.round_failed()
+                log.warning("waiting for the broker (attempt %d): %s; trying again in %.1fs (--no-wait: exit instead)", attempt, exc, pause)
+                await asyncio.sleep(pause)
+        log.info("connected to the broker node at %s%s", connection.describe_node(), f" after {attempt} attempts" if attempt > 1 else "")
         try:
             await aprovision(connection, topology)
         finally:
@@ -93,7 +119,7 @@ def run_consumer(app: App, topology: Topology, config: WorkerConfig, name: str) 
         loop.add_signal_handler(STOP_SIGNAL, on_term)
         # Forked with it blocked (supervisor.fork_consumer): a stop sent during start-up waited until now.
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {STOP_SIGNAL})
-        await consumer.run()
+        await consumer.run()  # logs "<name> stopped" last
 
     asyncio.run(main())
     return 0
@@ -120,7 +146,8 @@ def run_worker(app: App, config: WorkerConfig, options: dict[str, Any]) -> NoRet
     level = log_level(options["loglevel"])
     configure_logging(level, "MainProcess")
     topology = prepare_topology(app, config)
-    provision(app, topology)
+    # --no-wait, and --burst (a cron or CI job: it should fail, not hang), keep the fail-fast exit 3
+    provision(app, topology, wait=bool(options.get("wait", True)) and not config.burst)
     print(banner(app, topology, config), file=sys.stderr, flush=True)
     _release_free_memory()  # before the forks: each consumer would carry the freed pages too
     block_signals()  # until the supervisor (after the exec below) and each consumer handle them

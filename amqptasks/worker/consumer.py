@@ -1,5 +1,8 @@
 """One worker process's consuming loop: connect, provision, consume with prefetch, reconnect, stop.
 
+Reconnects fail over between the broker's nodes (core/failover.py): a lost node is tried last, and
+after a round in which no node answered the wait grows to at most 5 s.
+
 What happens to each delivery (run, reply, ack, retry, dead-letter) is :mod:`amqptasks.worker.handling`'s.
 """
 
@@ -15,6 +18,8 @@ import aiormq
 
 from amqptasks.aio.connection import aconnect
 from amqptasks.core.deadletter import dead_letter_target
+from amqptasks.core.failover import NodeRing
+from amqptasks.errors import BrokerUnavailable
 from amqptasks.worker.acks import AckSender
 from amqptasks.worker.config import WorkerConfig
 from amqptasks.worker.copies import CopyPublisher
@@ -40,6 +45,8 @@ class Consumer:
         self._targets = {queue: dead_letter_target(topology, queue) for queue in config.queues}
         self._consume: aiormq.Channel | None = None
         self._consumed_since_loss = False
+        self._ring = NodeRing(len(app.settings.addresses))
+        self._node: str | None = None  # host:port of the node this process is connected to
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -59,22 +66,40 @@ class Consumer:
                 except RECOVERABLE as exc:
                     if self._stopping.is_set():
                         break
-                    if self._consumed_since_loss:  # it worked until now: back off from the start
-                        delay, self._consumed_since_loss = 0.1, False
-                    log.warning("connection lost (%s); reconnecting in %.1fs", brief(exc), delay)
+                    wait = self._after_failure(exc, delay)
                     try:
-                        await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                        await asyncio.wait_for(self._stopping.wait(), timeout=wait)
                     except asyncio.TimeoutError:
                         pass
-                    delay = min(delay * 2, 5.0)
+                    if not isinstance(exc, BrokerUnavailable):
+                        delay = min(wait * 2, 5.0)
         finally:
             await self._handler.close()
+            log.info("%s stopped%s", self.name, f" (last broker node {self._node})" if self._node else "")
+
+    def _after_failure(self, exc: BaseException, delay: float) -> float:
+        """Log what failed and return the seconds to wait before the next connect (core/failover.py
+        orders the nodes: the one just lost is tried last)."""
+        if isinstance(exc, BrokerUnavailable):  # no node answered in a whole round
+            wait = self._ring.round_failed()
+            log.warning("%s: %s; retrying in %.1fs", self.name, exc, wait)
+            return wait
+        if self._node is not None:
+            self._ring.lost(self._ring.current)
+        if self._consumed_since_loss:  # it worked until now: back off from the start
+            delay, self._consumed_since_loss = 0.1, False
+        others = f" (next: {self.app.settings.addresses[self._ring.current].where})" if self._ring.count > 1 else ""
+        log.warning("%s: connection lost (%s) to %s; reconnecting in %.1fs%s", self.name, brief(exc), self._node or "the broker", delay, others)
+        self._node = None
+        return delay
 
     async def _session(self) -> None:
         """One connection's life: provision, consume, wait for stop or loss, drain on stop."""
         from amqptasks.aio.topology import aprovision
 
-        connection = await aconnect(self.app.settings, f"amqptasks worker {self.app.main} {self.name} pid={os.getpid()}")
+        connection = await aconnect(self.app.settings, f"amqptasks worker {self.app.main} {self.name} pid={os.getpid()}", self._ring)
+        self._node = connection.address.where if connection.address is not None else None
+        log.info("%s connected to the broker node at %s", self.name, connection.describe_node())
         lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def on_close(_sender: Any, exc: BaseException | None = None) -> None:
@@ -104,7 +129,7 @@ class Consumer:
                 tap.take(self._consume, tag, self._handler.taker_for(queue))
                 await self._consume.basic_consume(queue, self._handler.callback_for(queue), no_ack=False, consumer_tag=tag)
                 tags[tag] = queue
-            log.info("%s consuming from %s", self.name, ", ".join(self.config.queues))
+            log.info("%s ready: consuming from %s on %s", self.name, ", ".join(self.config.queues), self._node)
             self._consumed_since_loss = True
             stop_wait = asyncio.ensure_future(self._stopping.wait())
             burst_wait = asyncio.ensure_future(self._drained()) if self.config.burst else None

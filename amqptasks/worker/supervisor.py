@@ -169,7 +169,9 @@ class Supervisor:
                     pid = self.restart(index)
                     self.pids[index], by_pid[pid] = pid, index
                     self.started[index] = time.monotonic()
-        return 1 if self.failed else 0
+        code = 1 if self.failed else 0
+        log.info("worker stopped (exit code %d)", code)
+        return code
 
     def _schedule_restart(self, index: int, code: int) -> None:
         lived = time.monotonic() - self.started.get(index, 0.0)

@@ -22,7 +22,14 @@ import pika
 import pytest
 
 from tests.faults.ledger import record, tally, wait_complete
-from tests.faults.scenario import Workdir, imported, make_module, run_burst, stop_worker, wait_settled
+from tests.faults.scenario import (
+    Workdir,
+    imported,
+    make_module,
+    run_burst,
+    stop_worker,
+    wait_settled,
+)
 from tests.integration.workerproc import WorkerProcess, queue_counts
 
 CUTS = 5

@@ -31,11 +31,21 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, Phase, given, seed as hypothesis_seed, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
+from hypothesis import strategies as st
 
 from tests.faults.ledger import read_done, record, tally, wait_complete
 from tests.faults.raw import DIRECT_REPLY_TO, raw_publisher
-from tests.faults.scenario import Workdir, child_pids, imported, make_module, stop_worker, wait_settled, workdir  # noqa: F401
+from tests.faults.scenario import (  # noqa: F401
+    Workdir,
+    child_pids,
+    imported,
+    make_module,
+    stop_worker,
+    wait_settled,
+    workdir,
+)
 from tests.integration.workerproc import WorkerProcess, drain, queue_counts
 
 MODULE = "fk_poison"

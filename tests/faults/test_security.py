@@ -178,7 +178,8 @@ def test_the_password_never_shows(workdir: Workdir, secret: Secret, broker_url: 
     assert "[config]" in worker.log and f"{secret.user}:***@" in worker.log, worker.log
 
     for label, url in (("wrong password", secret.wrong_url), ("closed port", down)):
-        failed = WorkerProcess(workdir.path, url, "-A", module, "--queues", workdir.queue, "--processes", "1", "--loglevel", "debug")
+        failed = WorkerProcess(workdir.path, url, "-A", module, "--queues", workdir.queue, "--processes", "1", "--loglevel", "debug",
+                               "--no-wait")  # the closed port: exit instead of waiting for a broker
         try:
             code = failed.wait(timeout=60)
         finally:

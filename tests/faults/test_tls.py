@@ -19,7 +19,13 @@ import pytest
 from amqptasks import App
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable
 from amqptasks.settings import Settings
-from tests.faults.conftest import LEDGER_TASKS, FaultApp, FaultBroker, make_ca, make_signed
+from tests.faults.conftest import (
+    LEDGER_TASKS,
+    FaultApp,
+    FaultBroker,
+    make_ca,
+    make_signed,
+)
 from tests.faults.ledger import record, tally, wait_complete
 from tests.integration.workerproc import WorkerProcess
 

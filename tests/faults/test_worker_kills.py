@@ -17,7 +17,16 @@ import time
 import pytest
 
 from tests.faults.ledger import record, tally, wait_complete
-from tests.faults.scenario import Workdir, child_pids, imported, make_module, run_burst, stop_worker, wait_settled, workdir  # noqa: F401
+from tests.faults.scenario import (  # noqa: F401
+    Workdir,
+    child_pids,
+    imported,
+    make_module,
+    run_burst,
+    stop_worker,
+    wait_settled,
+    workdir,
+)
 from tests.integration.workerproc import WorkerProcess, queue_counts
 
 TASKS = 10_000

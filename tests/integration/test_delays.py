@@ -17,7 +17,15 @@ from amqptasks.cli import cli
 from amqptasks.core.delays import delay_infrastructure, entry_exchange, landing_queue
 from amqptasks.errors import TaskError
 from tests.integration.test_worker import close_app, import_tasks
-from tests.integration.workerproc import WorkerProcess, running_worker, done_lines, drain, queue_counts, wait_for, write_app
+from tests.integration.workerproc import (
+    WorkerProcess,
+    done_lines,
+    drain,
+    queue_counts,
+    running_worker,
+    wait_for,
+    write_app,
+)
 
 TASKS = """
 @app.task(queue=QUEUE)

@@ -12,9 +12,22 @@ from typing import Any
 import orjson
 import pytest
 
-from amqptasks import App, BrokerUnavailable, PublishError, PublishTimeout, ResultUnavailable, UnroutableError
+from amqptasks import (
+    App,
+    BrokerUnavailable,
+    PublishError,
+    PublishTimeout,
+    ResultUnavailable,
+    UnroutableError,
+)
 from tests.integration.test_send_sync import (
-    ALL_HEADER_TYPES, aget_headers, close_connections, closed_port_url, get_one, routing_app, wait_count,
+    ALL_HEADER_TYPES,
+    aget_headers,
+    close_connections,
+    closed_port_url,
+    get_one,
+    routing_app,
+    wait_count,
 )
 
 

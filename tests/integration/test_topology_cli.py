@@ -80,7 +80,11 @@ def test_apply_prints_what_it_declared_then_no_changes(
 def test_plan_and_apply_include_the_delay_cascade_by_default(
     runner: CliRunner, tmp_path: Path, broker_url: str, management_url: str, unique: str, cleanup: Any
 ) -> None:
-    from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, entry_exchange, landing_queue
+    from amqptasks.core.delays import (
+        DELAY_EXCHANGE_PREFIX,
+        entry_exchange,
+        landing_queue,
+    )
 
     register(cleanup, unique)
     path = write(tmp_path, "topology.yaml", topology_yaml(unique))

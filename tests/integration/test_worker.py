@@ -20,7 +20,15 @@ import pika
 import pytest
 
 from amqptasks.errors import TaskError
-from tests.integration.workerproc import WorkerProcess, running_worker, done_lines, drain, queue_counts, wait_for, write_app
+from tests.integration.workerproc import (
+    WorkerProcess,
+    done_lines,
+    drain,
+    queue_counts,
+    running_worker,
+    wait_for,
+    write_app,
+)
 
 
 @pytest.fixture

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from pathlib import Path
-
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
 import amqptasks
-from amqptasks import App, AsyncResult, ConfigurationError, ResultUnavailable, Task, TopologyError, UnknownTask
+from amqptasks import (
+    App,
+    AsyncResult,
+    ConfigurationError,
+    ResultUnavailable,
+    Task,
+    TopologyError,
+    UnknownTask,
+)
 from amqptasks.core.envelope import failure, success
 from amqptasks.core.topology import Topology
 from amqptasks.errors import TaskError

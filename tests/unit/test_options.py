@@ -6,7 +6,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from amqptasks.core.options import NO_SEND_OPTIONS, SendOptions, TaskOptions, task_options, unsupported_send_options
+from amqptasks.core.options import (
+    NO_SEND_OPTIONS,
+    SendOptions,
+    TaskOptions,
+    task_options,
+    unsupported_send_options,
+)
 from amqptasks.errors import ConfigurationError
 
 

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from amqptasks.core.plan import declare_order, plan_topology, render_plan, same_value
-from amqptasks.core.plan_types import Difference, ObservedExchange, ObservedQueue, ObservedState, Plan
+from amqptasks.core.plan_types import (
+    Difference,
+    ObservedExchange,
+    ObservedQueue,
+    ObservedState,
+    Plan,
+)
 from amqptasks.core.topology import Binding, Exchange, Queue, Topology
 
 TASKS = Exchange("tasks")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from amqptasks.core.retry import DEFAULT_MAX_RETRIES, DeadLetter, Retry, compute_backoff, decide
+from amqptasks.core.retry import (
+    DEFAULT_MAX_RETRIES,
+    DeadLetter,
+    Retry,
+    compute_backoff,
+    decide,
+)
 from amqptasks.errors import ConfigurationError
 
 

@@ -12,7 +12,13 @@ from collections.abc import Callable
 
 import pytest
 
-from amqptasks.worker.supervisor import BURST_GIVE_UP, GROUP_SIGNALS, STOP_SIGNAL, Supervisor, fork_consumer
+from amqptasks.worker.supervisor import (
+    BURST_GIVE_UP,
+    GROUP_SIGNALS,
+    STOP_SIGNAL,
+    Supervisor,
+    fork_consumer,
+)
 
 
 @pytest.fixture
