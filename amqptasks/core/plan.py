@@ -145,6 +145,13 @@ def queue_advice(queue: Queue, differences: Sequence[Difference]) -> str:
     if rest:
         fixes = "; ".join(_file_fix(d) for d in rest)
         lines.append(f"keep the broker's queue (no message loss): change the file to match it: {fixes}")
+        retyped = next((d for d in rest if d.field == "x-queue-type"), None)
+        if retyped is not None:
+            # The usual case: a live classic queue, a file (or the built-in topology) now quorum.
+            lines.append(f"or move it to a {retyped.expected} queue without losing messages (a queue's type never "
+                         "changes in place): stop the producers, let the workers empty it (rabbitmqctl "
+                         f"list_queues name messages), stop them, rabbitmqctl delete_queue {shlex.quote(name)}, "
+                         f"start them again: it is declared anew as {retyped.expected}, with its bindings")
         lines.append(f"or delete and recreate it: rabbitmqctl delete_queue {shlex.quote(name)} - this loses the "
                      "messages in it, and its bindings must be re-applied (declaring the topology again "
                      "recreates the queue and its bindings)")
