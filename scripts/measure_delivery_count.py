@@ -40,7 +40,7 @@ def setup(url: str, prefix: str) -> tuple[str, str]:
     return queue, dead
 
 
-def take(ch: pika.adapters.blocking_connection.BlockingChannel, queue: str, consume: bool):  # noqa: ANN202
+def take(ch: pika.adapters.blocking_connection.BlockingChannel, queue: str, consume: bool):
     if not consume:
         method, props, _ = ch.basic_get(queue)
         return method, props
@@ -139,7 +139,7 @@ def priorities(url: str) -> str:
 
 def main(url: str) -> None:
     with connect(url) as conn:
-        version = conn._impl.server_properties.get("version")  # noqa: SLF001 - only for the printout
+        version = conn._impl.server_properties.get("version")
     print(f"broker {version.decode() if isinstance(version, bytes) else version}")
     for how in ("channel-close", "reject", "nack", "cancel-then-close", "connection-close"):
         print(scenario(url, how))
