@@ -30,6 +30,8 @@ from amqptasks.worker.copies import CopyPublisher
 from amqptasks.worker.execute import Attempt, Prepared, prepare, run_async, run_sync
 from amqptasks.worker.handoff import ThreadHandoff
 from amqptasks.worker.inline import InlinePolicy, LoopWatchdog
+from amqptasks.worker.overrun import Overruns
+from amqptasks.worker.release import hand_back
 from amqptasks.worker.replies import ReplyPublisher
 
 if TYPE_CHECKING:
@@ -89,6 +91,7 @@ class DeliveryHandler:
         self._acks: AckSender | None = None  # the current consume channel's
         self._copies: CopyPublisher | None = None  # dead letters and retries, confirmed
         self._lost: asyncio.Future[Any] | None = None  # resolved to end the current session
+        self.overruns = Overruns()  # tasks that outran the broker's consumer_timeout (worker/overrun.py)
 
     def begin(self, acks: AckSender, copies: CopyPublisher, lost: asyncio.Future[Any]) -> None:
         """A new session: its consume channel's acks, its confirmed channel, its end."""
@@ -231,8 +234,12 @@ class DeliveryHandler:
                 await self._reject_poison(delivery, queue, poison, wire.text(delivery.header.properties.reply_to))
                 return None
         message = decoded.prepared.message
+        overran = self.overruns.reason_for(message.id) if _redelivered(delivery) else None
+        if overran is not None:
+            await self._reject_overrun(delivery, queue, decoded, overran)
+            return None
         if self._stopping.is_set():
-            await self._release(delivery)
+            await self._release(delivery, queue)
             return None
         if message.expires_ms is not None and time.time() * 1000 > message.expires_ms:
             await self._reject_expired(delivery, queue, message.id, message.task, decoded.reply_to, decoded.prepared)
@@ -240,9 +247,13 @@ class DeliveryHandler:
         if log.isEnabledFor(logging.INFO):
             log.info("Received task: %s[%s]", message.task, message.id)
         started = time.perf_counter()
-        attempt = await self._execute(decoded.prepared, redelivered=_redelivered(delivery))
+        self.overruns.started(message.id)
+        try:
+            attempt = await self._execute(decoded.prepared, redelivered=_redelivered(delivery))
+        finally:
+            self.overruns.finished(message.id)
         if attempt is None:  # stopped before it could start
-            await self._release(delivery)
+            await self._release(delivery, queue)
             return None
         return Ran(decoded, started, attempt)
 
@@ -292,6 +303,15 @@ class DeliveryHandler:
         log.warning("Task %s[%s] %s", task, task_id, reason)
         if reply_to and not prepared.task.options.ignore_result:
             await self._reply(reply_to, failure(task_id, "TaskExpired", reason))
+        await self._copy.dead_letter(delivery, queue, reason=reason)
+        await self._ack(delivery)
+
+    async def _reject_overrun(self, delivery: aiormq.abc.DeliveredMessage, queue: str, decoded: Decoded, reason: str) -> None:
+        """Back after its run outlived the broker's consumer_timeout here: dead-letter, never rerun."""
+        message = decoded.prepared.message
+        log.error("Task %s[%s] %s", message.task, message.id, reason)
+        if decoded.reply_to and not decoded.prepared.task.options.ignore_result:
+            await self._reply(decoded.reply_to, failure(message.id, "ConsumerTimeout", reason))
         await self._copy.dead_letter(delivery, queue, reason=reason)
         await self._ack(delivery)
 
@@ -348,7 +368,12 @@ class DeliveryHandler:
         assert self._acks is not None  # not stale
         self._acks.ack(tag_of(delivery))
 
-    async def _release(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+    async def _release(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> None:
+        """Stopping before it started: a fresh copy back in the queue, then the ack, so that the
+        stop does not count towards the queue's delivery limit (worker/release.py); else requeue."""
+        if not self._stale(delivery) and await hand_back(self._copy, delivery, queue):
+            await self._ack(delivery)
+            return
         await self._reject(delivery, requeue=True)
 
     async def _reject(self, delivery: aiormq.abc.DeliveredMessage, *, requeue: bool) -> None:

@@ -1,3 +1,5 @@
+import pytest
+
 from amqptasks.core.deadletter import dead_letter_target, with_implicit_queues, bindings_label
 from amqptasks.core.topology import Binding, Exchange, Queue, Topology
 
@@ -40,3 +42,43 @@ def test_implicit_queues_are_durable_and_dead_lettered() -> None:
 
 def test_bindings_label_names_each_route_in() -> None:
     assert bindings_label(topology(), "celery") == "exchange=(default) key=celery, exchange=tasks(direct) key=celery"
+
+
+# --- why the broker dead-lettered it (amqptasks dlq list) -----------------------------------------
+
+
+def _death(reason: str, queue: str, when: int = 1_700_000_000) -> dict[str, object]:
+    return {"reason": reason, "queue": queue, "count": 1, "exchange": "", "routing-keys": [queue], "time": when}
+
+
+def test_a_delayed_task_dead_lettered_for_its_delivery_limit_says_delivery_limit() -> None:
+    from amqptasks.core.deadletter import describe_dead_letter
+
+    # The delay cascade's levels dead-lettered it first ("expired"); then the task queue, past its
+    # delivery limit. x-death lists the latest first; x-first-death-* is the cascade's.
+    headers = {
+        "id": "t1", "task": "tasks.add",
+        "x-death": [_death("delivery_limit", "celery", 1_700_000_100), _death("expired", "amqptasks.delay.0.3")],
+        "x-first-death-reason": "expired", "x-first-death-queue": "amqptasks.delay.0.3",
+    }
+    info = describe_dead_letter(headers)
+    assert info.reason == "delivery_limit (delivered more times than the queue's delivery limit without an ack) in queue celery"
+    assert info.origin_queue == "celery"
+    assert info.dead_at_ms == 1_700_000_100_000
+
+
+@pytest.mark.parametrize(("reason", "meaning"), [
+    ("expired", "its time to live ran out"), ("maxlen", "the queue was full"), ("rejected", "rejected it without requeue"),
+])
+def test_the_brokers_reasons_are_named_and_explained(reason: str, meaning: str) -> None:
+    from amqptasks.core.deadletter import describe_dead_letter
+
+    info = describe_dead_letter({"x-death": [_death(reason, "q")], "x-first-death-reason": reason})
+    assert info.reason.startswith(f"{reason} (") and meaning in info.reason and info.reason.endswith("in queue q")
+
+
+def test_our_reason_wins_over_the_brokers_history() -> None:
+    from amqptasks.core.deadletter import describe_dead_letter
+
+    headers = {"x-amqptasks-reason": "task failed", "x-death": [_death("expired", "amqptasks.delay.0.3")]}
+    assert describe_dead_letter(headers).reason == "task failed"
