@@ -130,7 +130,11 @@ def policy_command(queue_name: str, definition: Mapping[str, Any]) -> str:
 
 def queue_advice(queue: Queue, differences: Sequence[Difference]) -> str:
     """The ways out of a queue conflict, cheapest first, each naming what it costs."""
-    by_policy = [d for d in differences if d.field in POLICY_KEYS and d.actual is None and d.expected is not None]
+    retyping = any(d.field == "x-queue-type" for d in differences)
+    # A policy cannot change the type; and a type's own settings (delivery_limit) go with the type.
+    by_policy = [] if retyping else [
+        d for d in differences if d.field in POLICY_KEYS and d.actual is None and d.expected is not None
+    ]
     rest = [d for d in differences if d not in by_policy]
     name = queue.name
     lines: list[str] = []

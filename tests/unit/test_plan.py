@@ -133,7 +133,8 @@ def test_a_classic_queue_where_the_file_says_quorum_is_a_conflict_with_a_migrati
             ("x-queue-type", "quorum", "classic"), ("x-delivery-limit", 20, None),
         ]
         advice = conflict.advice
-        assert "change the file to match it: type: classic" in advice
+        assert "change the file to match it: type: classic; remove \"delivery_limit\"" in advice
+        assert "set_policy" not in advice  # no policy changes a queue's type
         assert "move it to a quorum queue without losing messages" in advice
         assert "rabbitmqctl delete_queue celery, start them again: it is declared anew as quorum" in advice
 
