@@ -72,8 +72,14 @@ class Broker:
         return {self.port} | ({self.management_port} if self.management_port else set())
 
     def env(self) -> dict[str, str]:
-        """``AMQPTASKS_*`` variables that point apps, workers and the CLI at this broker."""
-        return {"AMQPTASKS_BROKER_URL": self.url, "AMQPTASKS_MANAGEMENT_URL": self.management_url or "off"}
+        """``AMQPTASKS_*`` variables that point apps, workers and the CLI at this broker. The
+        management URL carries no credentials: each client uses its own AMQP user's, as it would
+        against the standard ports."""
+        management = "off"
+        if self.management_url is not None:
+            parts = urlsplit(self.management_url)
+            management = f"{parts.scheme}://{parts.hostname}:{parts.port}"
+        return {"AMQPTASKS_BROKER_URL": self.url, "AMQPTASKS_MANAGEMENT_URL": management}
 
     def ctl(self, *args: str, timeout: float = 60, check: bool = True) -> str:
         """``rabbitmqctl ARGS`` on this broker (its stdout); fails the test when it cannot or it fails."""

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import orjson
@@ -200,8 +201,22 @@ def test_header_values_of_every_supported_type_arrive_as_sent(app: App, unique: 
         t.apply_async(headers={"ids": {1, 2}})
 
 
-def test_default_queue_and_the_default_topology(broker_url: str, unique: str, channel: Any) -> None:
-    app = App(unique, broker=broker_url)  # no topology: the built-in default is provisioned
+@pytest.fixture
+def own_vhost(broker: Broker, unique: str) -> Iterator[str]:
+    """A vhost of this test's own (guest may use it), deleted afterwards: the built-in topology's
+    names (celery, tasks) are nobody's to declare on a shared vhost."""
+    vhost = unique
+    broker.ctl("add_vhost", vhost)
+    try:
+        broker.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield vhost
+    finally:
+        broker.ctl("delete_vhost", vhost)
+
+
+def test_default_queue_and_the_default_topology(broker_url: str, own_vhost: str, unique: str) -> None:
+    url = broker_url.rsplit("/", 1)[0] + "/" + quote(own_vhost, safe="")
+    app = App(unique, broker=url)  # no topology: the built-in default is provisioned
 
     @app.task(queue=f"{unique}.never")
     def probe() -> None: ...
@@ -209,8 +224,18 @@ def test_default_queue_and_the_default_topology(broker_url: str, unique: str, ch
     try:
         with pytest.raises(UnroutableError):  # any send provisions first; this one has no queue
             probe.delay()
-        assert channel.queue_declare("celery", passive=True)  # provisioned by the producer
-        assert channel.exchange_declare("tasks", passive=True)
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            channel = connection.channel()
+            assert channel.exchange_declare("tasks", passive=True)
+            # Replicated by default: quorum, with the delivery limit and dead-letter target it says.
+            for queue, expected in (("celery", {"x-queue-type": "quorum", "x-delivery-limit": 20,
+                                                 "x-dead-letter-exchange": "tasks.dead",
+                                                 "x-dead-letter-routing-key": "celery.dead"}),
+                                    ("celery.dead", {"x-queue-type": "quorum", "x-delivery-limit": 1_000_000})):
+                assert channel.queue_declare(queue, durable=True, arguments=expected, passive=False)  # equivalent: no 406
+        finally:
+            connection.close()
     finally:
         app.close()
 
