@@ -48,7 +48,8 @@ async def hand_back(copies: CopyPublisher, delivery: aiormq.abc.DeliveredMessage
     properties = republished(props, fresh_headers(props.headers), keep_reply_to=True)  # the caller still waits
     try:
         await copies.publish(delivery.body, DeadLetterTarget("", queue), properties)
-    except (aiormq.exceptions.AMQPError, ConnectionError, OSError, TimeoutError, AmqpTasksError) as exc:
+    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError, ConnectionError, OSError,
+            TimeoutError, AmqpTasksError) as exc:
         log.warning("could not hand back an unstarted message to %s (%s: %s); requeueing it", queue, type(exc).__name__, exc)
         return False
     return True
