@@ -371,7 +371,8 @@ class DeliveryHandler:
     async def _release(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> None:
         """Stopping before it started: a fresh copy back in the queue, then the ack, so that the
         stop does not count towards the queue's delivery limit (worker/release.py); else requeue."""
-        if not self._stale(delivery) and await hand_back(self._copy, delivery, queue):
+        # Only while the original can still be acked: else the copy would be a duplicate.
+        if not self._stale(delivery) and not delivery.channel.is_closed and await hand_back(self._copy, delivery, queue):
             await self._ack(delivery)
             return
         await self._reject(delivery, requeue=True)
