@@ -8,6 +8,7 @@ RabbitMQ 3.10.8: 11 runs in 40 s, never dead-lettered).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -26,21 +27,26 @@ TIMEOUT_MS = 3000
 WATCH = 40.0  # seconds: long enough for several timeouts and redeliveries
 
 
+def _env_value(text: str, default: int) -> int:
+    """The value in ``{ok,V}`` (rabbitmqctl eval's way of printing get_env), else ``default``."""
+    found = re.search(r"\{ok,(\d+)\}", text)
+    return int(found.group(1)) if found else default
+
+
 @pytest.fixture
 def short_consumer_timeout(fault_broker: FaultBroker) -> Iterator[None]:
-    """consumer_timeout 3 s on the private node (checked every 0.5 s), put back afterwards."""
-    before = fault_broker.ctl("eval", "{application:get_env(rabbit, consumer_timeout), "
-                                      "application:get_env(rabbit, channel_tick_interval)}.").strip()
+    """consumer_timeout 3 s on the private node (checked every 0.5 s), put back afterwards. Both are
+    set back to values, never unset: RabbitMQ 3.10's channels reset their connections when their tick
+    interval is unset under them (measured)."""
+    timeout = _env_value(fault_broker.ctl("eval", "application:get_env(rabbit, consumer_timeout)."), 1_800_000)
+    tick = _env_value(fault_broker.ctl("eval", "application:get_env(rabbit, channel_tick_interval)."), 60_000)
     fault_broker.ctl("eval", f"application:set_env(rabbit, consumer_timeout, {TIMEOUT_MS}), "
                              "application:set_env(rabbit, channel_tick_interval, 500).")
     try:
         yield
     finally:
-        restore = "application:unset_env(rabbit, consumer_timeout), application:unset_env(rabbit, channel_tick_interval)."
-        if "{ok," in before:  # put back exactly what was there
-            timeout = before.split("{ok,", 1)[1].split("}", 1)[0]
-            restore = f"application:set_env(rabbit, consumer_timeout, {timeout}), application:unset_env(rabbit, channel_tick_interval)."
-        fault_broker.ctl("eval", restore)
+        fault_broker.ctl("eval", f"application:set_env(rabbit, consumer_timeout, {timeout}), "
+                                 f"application:set_env(rabbit, channel_tick_interval, {tick}).")
 
 
 @pytest.mark.timeout(180)
