@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
 from amqptasks.core.envelope import (
@@ -110,7 +110,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-_UTC = timezone.utc
+_UTC = UTC
 
 
 def _broker_origin(headers: Mapping[str, Any]) -> str | None:
