@@ -5,7 +5,12 @@
 # Configured as RabbitMQ 4.3 behaves by default: transient non-exclusive queues and global QoS denied.
 # Idempotent: each step is skipped when done; "stop" stops only this node and its epmd.
 #
-# Usage: scripts/rabbitmq4.sh [start|stop|status|ctl ARGS...]
+# A node that is not running starts from empty data: with transient non-exclusive queues denied,
+# RabbitMQ 4.0.5 counts every queue as one at boot and refuses to start once any queue exists
+# (rabbitmq-server#12802, fixed by #12840; measured). It is a test broker: nothing in it is kept.
+#
+# Usage: scripts/rabbitmq4.sh [start|stop|status|env|ctl ARGS...]
+#   env: the variables that point the test suite at this node (eval "$(scripts/rabbitmq4.sh env)")
 # Where a Docker engine answers, use AMQPTASKS_TEST_URL with a rabbitmq:4 container instead.
 set -euo pipefail
 
@@ -47,9 +52,13 @@ stop_node() {
 case "${1:-start}" in
     stop) stop_node; exit 0 ;;
     status) installed && mount_all && ctl status; exit ;;
+    env) echo "export AMQPTASKS_TEST_URL='amqp://guest:guest@127.0.0.1:5673/%2F'"
+         echo "export AMQPTASKS_TEST_MGMT_URL='http://guest:guest@127.0.0.1:15673'"
+         echo "export AMQPTASKS_TEST_CTL='$(cd "$(dirname "$0")" && pwd)/rabbitmq4.sh ctl'"
+         exit 0 ;;
     ctl) shift; mount_all; ctl "$@"; exit ;;
     start) ;;
-    *) echo "usage: $0 [start|stop|status|ctl ARGS...]" >&2; exit 2 ;;
+    *) echo "usage: $0 [start|stop|status|env|ctl ARGS...]" >&2; exit 2 ;;
 esac
 
 [[ "$(id -u)" == 0 ]] || { say "needs root (chroot, mount); or point AMQPTASKS_TEST_URL4 at a RabbitMQ 4 broker"; exit 1; }
@@ -95,6 +104,7 @@ if ctl await_startup --timeout 2 >/dev/null 2>&1; then
     say "$NODE already running"
 else
     in_root mkdir -p /var/log/rabbitmq /var/lib/rabbitmq
+    rm -rf "$ROOT/var/lib/rabbitmq/mnesia"   # empty data: see the note at the top
     in_root chown rabbitmq:rabbitmq /var/log/rabbitmq /var/lib/rabbitmq
     # Debian's wrapper runs the node as user rabbitmq in the foreground: detach it
     setsid nohup chroot "$ROOT" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \

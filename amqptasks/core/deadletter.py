@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from amqptasks.core.delays import UNROUTABLE_SUFFIX
@@ -111,12 +112,59 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+_UTC = UTC
+
+
 def _broker_origin(headers: Mapping[str, Any]) -> str | None:
     # Dead-lettered by the broker itself (TTL, delivery limit, overflow): x-death names the queue.
     deaths = headers.get("x-death")
     if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
         return _text(deaths[0].get("queue")) or None
     return _text(headers.get("x-first-death-queue")) or None
+
+
+#: What the broker's own dead-letter reasons (``x-death``) mean, for ``amqptasks dlq list``.
+BROKER_REASONS = {
+    "delivery_limit": "delivered more times than the queue's delivery limit without an ack",
+    "expired": "its time to live ran out in the queue",
+    "maxlen": "the queue was full (max_length / max_length_bytes)",
+    "rejected": "a consumer rejected it without requeue",
+}
+
+
+def _latest_death(headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    # x-death lists the broker's dead-letterings, the latest first (the one that brought it here);
+    # x-first-death-reason is the earliest: for a delayed task, the delay cascade's "expired".
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], Mapping):
+        return deaths[0]
+    return None
+
+
+def broker_reason(headers: Mapping[str, Any]) -> str:
+    """Why the broker dead-lettered a message, e.g. ``delivery_limit (delivered more times than the
+    queue's delivery limit without an ack) in queue celery``; "" when it did not."""
+    latest = _latest_death(headers)
+    if latest is not None:
+        reason, queue = _text(latest.get("reason")), _text(latest.get("queue"))
+    else:
+        reason = _text(headers.get("x-last-death-reason")) or _text(headers.get("x-first-death-reason"))
+        queue = _text(headers.get("x-last-death-queue")) or _text(headers.get("x-first-death-queue"))
+    if not reason:
+        return ""
+    meaning = f" ({BROKER_REASONS[reason]})" if reason in BROKER_REASONS else ""
+    return f"{reason}{meaning}" + (f" in queue {queue}" if queue else "")
+
+
+def _death_time_ms(headers: Mapping[str, Any]) -> int | None:
+    latest = _latest_death(headers)
+    when = latest.get("time") if latest is not None else None
+    if isinstance(when, int) and not isinstance(when, bool):
+        return when * 1000  # AMQP timestamps are seconds
+    if hasattr(when, "timestamp"):  # pika decodes them to datetime (naive UTC)
+        stamp = when.replace(tzinfo=when.tzinfo or _UTC).timestamp()
+        return int(stamp * 1000)
+    return None
 
 
 def _delay_target(headers: Mapping[str, Any]) -> tuple[str, str] | None:
@@ -140,11 +188,15 @@ def describe_dead_letter(
 
     In the delay cascade's unroutable queue (``<prefix>.unroutable``) a message carries no reason
     of ours (the broker's alternate exchange put it there): its ``delay-to`` header says where it
-    was going, which becomes the reason and, for a queue, the queue a replay sends it to."""
+    was going, which becomes the reason and, for a queue, the queue a replay sends it to. Otherwise
+    the reason is ours when a worker dead-lettered it, else the broker's latest (``delivery_limit``,
+    ``expired``, ``maxlen``, ``rejected``)."""
     headers = headers or {}
     exc_type = _text(headers.get(H_EXC_TYPE))
     exc_message = _text(headers.get(H_EXC_MESSAGE))
     dead_at = headers.get(H_DEAD_AT)
+    if not (isinstance(dead_at, int) and not isinstance(dead_at, bool)):
+        dead_at = _death_time_ms(headers)
     retries = headers.get(H_RETRIES)
     reason = _text(headers.get(H_DEAD_REASON))
     origin = _text(headers.get(H_ORIGIN_QUEUE))
@@ -155,7 +207,7 @@ def describe_dead_letter(
     return DeadLetterInfo(
         task_id=_text(headers.get(H_ID)) or _text(message_id),
         task=_text(headers.get(H_TASK)),
-        reason=reason or _text(headers.get("x-first-death-reason")),
+        reason=reason or broker_reason(headers),
         exception=f"{exc_type}: {exc_message}" if exc_type else "",
         dead_at_ms=dead_at if isinstance(dead_at, int) and not isinstance(dead_at, bool) else None,
         retries=retries if isinstance(retries, int) and not isinstance(retries, bool) else 0,

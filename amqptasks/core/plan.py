@@ -137,7 +137,11 @@ def policy_command(queue_name: str, definition: Mapping[str, Any]) -> str:
 
 def queue_advice(queue: Queue, differences: Sequence[Difference]) -> str:
     """The ways out of a queue conflict, cheapest first, each naming what it costs."""
-    by_policy = [d for d in differences if d.field in POLICY_KEYS and d.actual is None and d.expected is not None]
+    retyping = any(d.field == "x-queue-type" for d in differences)
+    # A policy cannot change the type; and a type's own settings (delivery_limit) go with the type.
+    by_policy = [] if retyping else [
+        d for d in differences if d.field in POLICY_KEYS and d.actual is None and d.expected is not None
+    ]
     rest = [d for d in differences if d not in by_policy]
     name = queue.name
     lines: list[str] = []
@@ -152,6 +156,13 @@ def queue_advice(queue: Queue, differences: Sequence[Difference]) -> str:
     if rest:
         fixes = "; ".join(_file_fix(d) for d in rest)
         lines.append(f"keep the broker's queue (no message loss): change the file to match it: {fixes}")
+        retyped = next((d for d in rest if d.field == "x-queue-type"), None)
+        if retyped is not None:
+            # The usual case: a live classic queue, a file (or the built-in topology) now quorum.
+            lines.append(f"or move it to a {retyped.expected} queue without losing messages (a queue's type never "
+                         "changes in place): stop the producers, let the workers empty it (rabbitmqctl "
+                         f"list_queues name messages), stop them, rabbitmqctl delete_queue {shlex.quote(name)}, "
+                         f"start them again: it is declared anew as {retyped.expected}, with its bindings")
         lines.append(f"or delete and recreate it: rabbitmqctl delete_queue {shlex.quote(name)} - this loses the "
                      "messages in it, and its bindings must be re-applied (declaring the topology again "
                      "recreates the queue and its bindings)")

@@ -215,7 +215,8 @@ def _check_quorum(out: _Collector, path: str, queue: Queue) -> None:
                 "quorum queues cannot be auto-delete: remove auto_delete or use type: classic")
     if queue.max_priority is not None:
         out.add(f"{path}.max_priority", queue.origin,
-                "max_priority is not supported by quorum queues: remove it, or use type: classic")
+                "max_priority is not supported by quorum queues (RabbitMQ refuses x-max-priority on them): remove it "
+                "(on RabbitMQ 4.0+ a quorum queue has two priorities without it: 5-255 before 0-4), or use type: classic")
     if queue.overflow == "reject-publish-dlx":
         out.add(f"{path}.overflow", queue.origin,
                 "quorum queues do not support overflow reject-publish-dlx: use drop-head or reject-publish")

@@ -103,6 +103,7 @@ class Consumer:
         lost: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def on_close(_sender: Any, exc: BaseException | None = None) -> None:
+            self._handler.overruns.channel_closed(exc)  # consumer_timeout: worker/overrun.py
             if not lost.done():
                 lost.set_result(exc)
 

@@ -110,6 +110,10 @@ class CopyPublisher:
             )
         await self._publish(delivery.body, target, properties)
 
+    async def publish(self, body: bytes, target: DeadLetterTarget, properties: spec.Basic.Properties) -> None:
+        """Publish a copy to ``target``, mandatory, and wait for its confirm (worker/release.py)."""
+        await self._publish(body, target, properties)
+
     async def _publish(self, body: bytes, target: DeadLetterTarget, properties: spec.Basic.Properties) -> None:
         if target.declare:
             await self._confirm.queue_declare(target.declare, durable=True)

@@ -38,6 +38,8 @@ from amqptasks.worker.copies import CopyPublisher
 from amqptasks.worker.execute import Attempt, Prepared, prepare, run_async, run_sync
 from amqptasks.worker.handoff import ThreadHandoff
 from amqptasks.worker.inline import InlinePolicy, LoopWatchdog
+from amqptasks.worker.overrun import Overruns
+from amqptasks.worker.release import hand_back
 from amqptasks.worker.replies import ReplyPublisher
 
 if TYPE_CHECKING:
@@ -105,6 +107,7 @@ class DeliveryHandler:
         self._acks: AckSender | None = None  # the current consume channel's
         self._copies: CopyPublisher | None = None  # dead letters and retries, confirmed
         self._lost: asyncio.Future[Any] | None = None  # resolved to end the current session
+        self.overruns = Overruns()  # tasks that outran the broker's consumer_timeout (worker/overrun.py)
 
     def begin(self, acks: AckSender, copies: CopyPublisher, lost: asyncio.Future[Any]) -> None:
         """A new session: its consume channel's acks, its confirmed channel, its end."""
@@ -219,8 +222,14 @@ class DeliveryHandler:
                 await self._not_run(delivery, queue, poison.reason, failure(poison.task_id or "", poison.kind, poison.reason), reply_to)
                 return None
         prepared = decoded.prepared
+        overran = self.overruns.reason_for(prepared.message.id) if _redelivered(delivery) else None
+        if overran is not None:  # back after its run outlived the broker's consumer_timeout: never rerun
+            log.error("Task %s[%s] %s", prepared.message.task, prepared.message.id, overran)
+            reply_to = decoded.reply_to if decoded.wants_reply else None
+            await self._not_run(delivery, queue, overran, failure(prepared.message.id, "ConsumerTimeout", overran), reply_to)
+            return None
         if self._stopping.is_set():
-            await self._release(delivery)
+            await self._release(delivery, queue)
             return None
         if _expired(prepared):
             reason = "expired: delivered after its expires time; not run"
@@ -229,9 +238,13 @@ class DeliveryHandler:
             await self._not_run(delivery, queue, reason, failure(prepared.message.id, "TaskExpired", reason), reply_to)
             return None
         started = self._started(prepared)
-        attempt = await self._execute(prepared, redelivered=_redelivered(delivery))
+        self.overruns.started(prepared.message.id)
+        try:
+            attempt = await self._execute(prepared, redelivered=_redelivered(delivery))
+        finally:
+            self.overruns.finished(prepared.message.id)
         if attempt is None:  # stopped before it could start
-            await self._release(delivery)
+            await self._release(delivery, queue)
             return None
         return self._ran(decoded, started, attempt)
 
@@ -375,7 +388,13 @@ class DeliveryHandler:
         assert self._acks is not None  # not stale
         self._acks.ack(tag_of(delivery))
 
-    async def _release(self, delivery: aiormq.abc.DeliveredMessage) -> None:
+    async def _release(self, delivery: aiormq.abc.DeliveredMessage, queue: str) -> None:
+        """Stopping before it started: a fresh copy back in the queue, then the ack, so that the
+        stop does not count towards the queue's delivery limit (worker/release.py); else requeue."""
+        # Only while the original can still be acked: else the copy would be a duplicate.
+        if not self._stale(delivery) and not delivery.channel.is_closed and await hand_back(self._copy, delivery, queue):
+            self._ack(delivery)
+            return
         await self._reject(delivery, requeue=True)
 
     async def _reject(self, delivery: aiormq.abc.DeliveredMessage, *, requeue: bool) -> None:

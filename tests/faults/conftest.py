@@ -17,6 +17,11 @@ Using it from a scenario:
   ``quorum``) and ``.worker(processes=2)``; what it declares is deleted afterwards.
 
 Set ``FAULTS_LOGLEVEL=info`` to get the workers' full logs (``worker-*.log`` in the test's tmp dir).
+
+RabbitMQ 4: with ``AMQPTASKS_FAULTS_RABBITMQ_ROOT=/opt/amqptasks-rabbitmq4`` (the chroot of
+scripts/rabbitmq4.sh) the private node runs from that root's RabbitMQ 4.x instead of the host's
+3.10: same fixtures, its own name, ports, epmd, data and cookie (under the root's /tmp), global QoS
+denied as 4.3 does (see :func:`_config` for transient queues). The shared 4.x node is never touched.
 """
 
 from __future__ import annotations
@@ -109,9 +114,11 @@ class FaultBroker:
     port: int
     tls_port: int
     base: Path  # data, logs, certificates, cookie: all of it, removed on teardown
-    scripts: Path
+    scripts: Path  # as the node sees it (inside ``root`` when there is one)
     client_cert: Path
     client_key: Path
+    root: Path | None = None  # a chroot holding another RabbitMQ (RabbitMQ 4); None: the host's
+    epmd_port: int | None = None  # the node's own epmd (chroot nodes); None: the host's default
 
     def client_env(self) -> dict[str, str]:
         """Environment for amqptasks clients of this node (apps, workers, the CLI).
@@ -130,21 +137,33 @@ class FaultBroker:
             "AMQPTASKS_DELAY_QUEUE_TYPE": "classic",
         }
 
+    def inside(self, path: Path) -> str:
+        """``path`` as the node sees it (under the chroot, if any)."""
+        return "/" + str(path.relative_to(self.root)) if self.root is not None else str(path)
+
     def _env(self) -> dict[str, str]:
         # HOME holds this node's own Erlang cookie: the CLI and the node must agree on it, and
         # nobody else's cookie (or node) is touched.
-        return dict(os.environ, HOME=str(self.base), RABBITMQ_NODENAME=self.node)
+        env = {"HOME": self.inside(self.base), "RABBITMQ_NODENAME": self.node}
+        if self.epmd_port is not None:
+            env["ERL_EPMD_PORT"] = str(self.epmd_port)
+        if self.root is None:
+            return dict(os.environ, **env)
+        return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", **env}
+
+    def command(self, script: str, *args: str, env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """(argv, environment) running one of RabbitMQ's scripts for this node (in the chroot, if any)."""
+        full = env if env is not None else self._env()
+        program = f"{self.scripts}/{script}"
+        if self.root is None:
+            return [program, *args], full
+        pairs = [f"{k}={v}" for k, v in full.items()]
+        return ["chroot", str(self.root), "env", "-i", *pairs, program, *args], dict(os.environ)
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
         """``rabbitmqctl -n <this node> ARGS``; raises AssertionError with the output on failure."""
-        done = subprocess.run(
-            [str(self.scripts / "rabbitmqctl"), "-n", self.node, *args],
-            env=self._env(),
-            cwd=self.base,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        argv, env = self.command("rabbitmqctl", "-n", self.node, *args)
+        done = subprocess.run(argv, env=env, cwd=self.base, capture_output=True, text=True, timeout=timeout, check=False)
         if done.returncode != 0:
             raise AssertionError(f"rabbitmqctl -n {self.node} {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
         return done.stdout
@@ -200,21 +219,26 @@ class FaultBroker:
             return None
 
 
-def _config(base: Path, port: int, tls_port: int, server: tuple[Path, Path], ca: Path) -> Path:
-    path = base / "rabbitmq.conf"
-    path.write_text(
-        f"""\
-listeners.tcp.1 = 127.0.0.1:{port}
-listeners.ssl.1 = 127.0.0.1:{tls_port}
-ssl_options.cacertfile = {ca}
-ssl_options.certfile = {server[0]}
-ssl_options.keyfile = {server[1]}
+def _config(broker: FaultBroker, server: tuple[Path, Path], ca: Path) -> Path:
+    path = broker.base / "rabbitmq.conf"
+    text = f"""\
+listeners.tcp.1 = 127.0.0.1:{broker.port}
+listeners.ssl.1 = 127.0.0.1:{broker.tls_port}
+ssl_options.cacertfile = {broker.inside(ca)}
+ssl_options.certfile = {broker.inside(server[0])}
+ssl_options.keyfile = {broker.inside(server[1])}
 ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = false
 log.console = false
 log.file.level = info
 """
-    )
+    if broker.root is not None:
+        # RabbitMQ 4: global QoS denied as 4.3 does. Transient non-exclusive queues are not denied
+        # here: with them denied, RabbitMQ 4.0.5 counts every queue as one at start_app and does not
+        # start again once any queue exists (rabbitmq-server#12802, fixed by #12840; measured) - and
+        # these scenarios restart the node. The shared 4.x node denies them (scripts/rabbitmq4.sh).
+        text += "deprecated_features.permit.global_qos = false\n"
+    path.write_text(text)
     return path
 
 
@@ -248,13 +272,30 @@ def _wait_registered(broker: FaultBroker, timeout: float) -> None:
     pytest.fail(f"private RabbitMQ node {broker.node} did not start in {timeout:.0f}s: {last}\n--- log tail ---\n{tail}")
 
 
+def _own_epmd_pids(port: int) -> list[int]:
+    """The epmd started for a chroot node: the one whose environment names its port."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().strip() == "epmd" and \
+                    f"ERL_EPMD_PORT={port}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def _stop(broker: FaultBroker) -> None:
-    """Stop the node; kill -9 its own beam process (by pid) if it will not go."""
+    """Stop the node (and its own epmd, if it has one); kill -9 its own beam process (by pid) if
+    it will not go."""
     pid = broker.os_pid()
     try:
         broker.ctl("stop", timeout=60)
     except (AssertionError, subprocess.TimeoutExpired):
         pass
+    if broker.epmd_port is not None:
+        for epmd in _own_epmd_pids(broker.epmd_port):
+            os.kill(epmd, signal.SIGTERM)
     if pid is None:
         return
     deadline = time.monotonic() + 30
@@ -273,8 +314,17 @@ def _stop(broker: FaultBroker) -> None:
 @pytest.fixture(scope="session")
 def fault_broker() -> Iterator[FaultBroker]:
     """A private, disposable RabbitMQ node (plain and TLS listeners) for destructive scenarios."""
-    scripts = _scripts_dir()
-    base = Path(tempfile.mkdtemp(prefix="amqptasks-faults-"))
+    root = Path(os.environ["AMQPTASKS_FAULTS_RABBITMQ_ROOT"]) if os.environ.get("AMQPTASKS_FAULTS_RABBITMQ_ROOT") else None
+    if root is not None:
+        if not (root / DEBIAN_SCRIPTS.relative_to("/") / "rabbitmq-server").exists() or not os.path.ismount(root / "proc"):
+            pytest.fail(f"AMQPTASKS_FAULTS_RABBITMQ_ROOT={root}: no RabbitMQ there, or its /proc is not mounted; "
+                        "run scripts/rabbitmq4.sh first")
+        scripts = DEBIAN_SCRIPTS
+        (root / "tmp").mkdir(exist_ok=True)
+        base = Path(tempfile.mkdtemp(prefix="amqptasks-faults-", dir=root / "tmp"))
+    else:
+        scripts = _scripts_dir()
+        base = Path(tempfile.mkdtemp(prefix="amqptasks-faults-"))
     try:
         certs = base / "certs"
         certs.mkdir()
@@ -294,6 +344,8 @@ def fault_broker() -> Iterator[FaultBroker]:
             scripts=scripts,
             client_cert=client[0],
             client_key=client[1],
+            root=root,
+            epmd_port=free_port() if root is not None else None,
         )
         enabled_plugins = base / "enabled_plugins"
         enabled_plugins.write_text("[].\n")  # no management plugin: amqptasks falls back to declare probes
@@ -302,18 +354,21 @@ def fault_broker() -> Iterator[FaultBroker]:
         env = broker._env() | {
             "RABBITMQ_NODE_PORT": str(port),
             "RABBITMQ_DIST_PORT": str(dist_port),
-            "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(base / "log"),
-            "RABBITMQ_PID_FILE": str(base / "node.pid"),
-            "RABBITMQ_CONFIG_FILE": str(_config(base, port, tls_port, server, ca[0])),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(enabled_plugins),
-            "RABBITMQ_ADVANCED_CONFIG_FILE": str(_advanced_config(base)),
+            "RABBITMQ_MNESIA_BASE": broker.inside(base / "mnesia"),
+            "RABBITMQ_LOG_BASE": broker.inside(base / "log"),
+            "RABBITMQ_PID_FILE": broker.inside(base / "node.pid"),
+            "RABBITMQ_CONFIG_FILE": broker.inside(_config(broker, server, ca[0])),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": broker.inside(enabled_plugins),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": broker.inside(_advanced_config(base)),
         }
         # -detached returns at once; the node registers with epmd a few seconds later.
-        subprocess.run([str(scripts / "rabbitmq-server"), "-detached"], env=env, cwd=base,
+        argv, run_env = broker.command("rabbitmq-server", "-detached", env=env)
+        subprocess.run(argv, env=run_env, cwd=base,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=False)  # fmt: skip
         try:
             _wait_registered(broker, timeout=90)
+            version = broker.ctl("eval", "rabbit_misc:version().").strip().strip('"')
+            print(f"private node {node}: RabbitMQ {version} ({'in ' + str(root) if root else 'host binaries'})")
             yield broker
         finally:
             _stop(broker)

@@ -13,22 +13,20 @@ import ast
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import traceback
-import urllib.request
 import uuid
-from base64 import b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 
+from tests.conftest import Broker
 from tests.faults.raw import DIRECT_REPLY_TO, raw_publisher
 from tests.faults.scenario import Workdir, imported, make_module, stop_worker, workdir  # noqa: F401
 from tests.integration.workerproc import WorkerProcess, drain, queue_counts, wait_for
@@ -66,37 +64,22 @@ class Secret:
         return [line for line in text.splitlines() if self.marker in line or self.wrong_marker in line]
 
 
-def _rabbitmqctl(*args: str) -> str:
-    found = shutil.which("rabbitmqctl")
-    if not found:
-        pytest.fail("the security test creates a broker user with rabbitmqctl: install rabbitmq-server (./scripts/rabbitmq.sh)")
-    done = subprocess.run([found, *args], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        pytest.fail(f"rabbitmqctl {args[0]} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout
-
-
 @pytest.fixture
-def secret(broker_url: str) -> Iterator[Secret]:
-    """A user of the shared local broker with a distinctive password; deleted afterwards.
+def secret(broker: Broker) -> Iterator[Secret]:
+    """A user of the broker under test with a distinctive password; deleted afterwards.
 
-    Adding a user is non-destructive. rabbitmqctl talks to the local node, so this needs the local
-    broker (not a container or a remote one).
+    Adding a user is non-destructive; it goes through that broker's rabbitmqctl (``broker.ctl``).
     """
-    parts = urlsplit(broker_url)
-    if parts.hostname not in ("127.0.0.1", "localhost") or (parts.port or 5672) != 5672:
-        pytest.fail("the security test needs the local broker (rabbitmqctl adds a user): unset AMQPTASKS_TEST_URL "
-                    "and stop Docker, or run ./scripts/rabbitmq.sh")  # fmt: skip
     marker = uuid.uuid4().hex
     user = f"fk-sec-{uuid.uuid4().hex[:8]}"
     # Characters that need quoting in a URL, so that both the raw and the %-quoted forms are exercised.
     password = f"Pw{marker}#/@:%"
-    _rabbitmqctl("add_user", user, password)
+    broker.ctl("add_user", user, password)
     try:
-        _rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
-        yield Secret(user, password, marker, uuid.uuid4().hex, "127.0.0.1", 5672)
+        broker.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        yield Secret(user, password, marker, uuid.uuid4().hex, broker.host, broker.port)
     finally:
-        _rabbitmqctl("delete_user", user)
+        broker.ctl("delete_user", user)
 
 
 def _cli(*args: str, env_url: str | None = None, cwd: Path | None = None, timeout: float = 60) -> tuple[int, str]:
@@ -110,18 +93,12 @@ def _cli(*args: str, env_url: str | None = None, cwd: Path | None = None, timeou
     return done.returncode, done.stdout + done.stderr
 
 
-def _close_connections(needle: str, broker_url: str) -> int:
+def _close_connections(needle: str, broker: Broker) -> int:
     """Close this test's own connections (names containing ``needle``) through the management API."""
-    parts = urlsplit(broker_url)
-    auth = b64encode(f"{parts.username}:{parts.password}".encode()).decode()
-    api = f"http://{parts.hostname}:15672/api/connections"
-    request = urllib.request.Request(api, headers={"Authorization": f"Basic {auth}"})
     closed = 0
-    for connection in json.load(urllib.request.urlopen(request, timeout=5)):
+    for connection in broker.api("/api/connections"):
         if needle in ((connection.get("client_properties") or {}).get("connection_name") or ""):
-            urllib.request.urlopen(urllib.request.Request(
-                f"{api}/{quote(connection['name'], safe='')}", method="DELETE", headers={"Authorization": f"Basic {auth}"}
-            ), timeout=5)  # fmt: skip
+            broker.api(f"/api/connections/{quote(connection['name'], safe='')}", method="DELETE")
             closed += 1
     return closed
 
@@ -152,7 +129,7 @@ def helper(path):
 
 
 @pytest.mark.timeout(180)
-def test_the_password_never_shows(workdir: Workdir, secret: Secret, broker_url: str) -> None:
+def test_the_password_never_shows(workdir: Workdir, secret: Secret, broker: Broker, broker_url: str) -> None:
     """Worker banner and debug logs (through a forced reconnect), every CLI command, and the errors
     for a closed port and for wrong credentials: no trace of either password."""
     module = "fk_sec_pw"
@@ -168,7 +145,7 @@ def test_the_password_never_shows(workdir: Workdir, secret: Secret, broker_url: 
         with imported(module) as tasks:
             tasks.app.configured(broker=good)
             assert tasks.ping.delay(5).get(timeout=10) == 5
-        assert wait_for(lambda: _close_connections(f"amqptasks worker {module}", broker_url) >= 1, 15, interval=0.5)
+        assert wait_for(lambda: _close_connections(f"amqptasks worker {module}", broker) >= 1, 15, interval=0.5)
         assert wait_for(lambda: "connection lost" in worker.log, 10), worker.log
         worker.wait_consuming(workdir.queue)
         stop_worker(worker)
@@ -199,7 +176,7 @@ def test_the_password_never_shows(workdir: Workdir, secret: Secret, broker_url: 
         codes[label], outputs[f"topology apply ({label})"] = _cli("topology", "apply", str(topology), "-v", env_url=url)
         outputs[f"dlq list ({label})"] = _cli("dlq", "list", dead_queue, env_url=url)[1]
         outputs[f"dlq list --broker ({label})"] = _cli("dlq", "list", dead_queue, "--broker", url)[1]
-    mgmt = f"http://{secret.user}:{quote(secret.password, safe='')}@127.0.0.1:15672"
+    mgmt = f"http://{secret.user}:{quote(secret.password, safe='')}@{broker.host}:{broker.management_port}"
     mgmt_down = f"http://{secret.user}:{quote(secret.password, safe='')}@127.0.0.1:{closed_port()}"
     for label, management in (("with credentials", mgmt), ("with credentials, unreachable", mgmt_down)):
         outputs[f"topology plan --management-url {label}"] = _cli(

@@ -258,12 +258,19 @@ def test_delayed_sends_reach_topic_and_fanout_targets_classic_and_quorum(
     def note(tag: str) -> None: ...
 
     try:
-        note.apply_async(args=("via-topic",), exchange=f"{unique}.topic", routing_key="orders.created", countdown=0.4)
-        note.apply_async(args=("via-fanout",), exchange=f"{unique}.fan", routing_key="", countdown=0.4)
+        # The first send provisions (on RabbitMQ 4 with its quorum cascade that can take most of a
+        # second): the countdown leaves room for it, and the early check says when it had none.
+        countdown = 2.0
+        first_sent = time.monotonic()
+        note.apply_async(args=("via-topic",), exchange=f"{unique}.topic", routing_key="orders.created", countdown=countdown)
+        note.apply_async(args=("via-fanout",), exchange=f"{unique}.fan", routing_key="", countdown=countdown)
         # A destination no topology names: the producer declares its landing queue on first use.
-        note.apply_async(args=("ad-hoc",), exchange=f"{unique}.topic", routing_key="orders.paid", countdown=0.4)
+        note.apply_async(args=("ad-hoc",), exchange=f"{unique}.topic", routing_key="orders.paid", countdown=countdown)
         time.sleep(0.2)
-        assert [queue_counts(broker_url, f"{unique}.{s}")[0] for s in ("classic", "quorum", "also")] == [0, 0, 0]
+        early = [queue_counts(broker_url, f"{unique}.{s}")[0] for s in ("classic", "quorum", "also")]
+        checked_after = time.monotonic() - first_sent
+        assert checked_after < countdown, f"the sends took {checked_after:.1f}s: too slow to check that none is early"
+        assert early == [0, 0, 0]
         assert wait_for(lambda: queue_counts(broker_url, f"{unique}.classic")[0] == 2, 10)
         assert wait_for(lambda: queue_counts(broker_url, f"{unique}.quorum")[0] == 1, 10)
         assert wait_for(lambda: queue_counts(broker_url, f"{unique}.also")[0] == 1, 10)

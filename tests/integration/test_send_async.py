@@ -20,6 +20,7 @@ from amqptasks import (
     ResultUnavailable,
     UnroutableError,
 )
+from tests.conftest import Broker
 from tests.integration.test_send_sync import (
     ALL_HEADER_TYPES,
     aget_headers,
@@ -169,13 +170,13 @@ async def test_sends_written_together_each_get_their_own_outcome(app: App, uniqu
     assert texts == ["open", *[f"{i}" for i in range(11)], big, *[f"{i}" for i in range(11, 20)]]
 
 
-async def test_the_next_send_after_the_connection_was_closed_succeeds(app: App, unique: str, channel: Any) -> None:
+async def test_the_next_send_after_the_connection_was_closed_succeeds(broker: Broker, app: App, unique: str, channel: Any) -> None:
     @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
     def add(x: int, y: int) -> int:
         return x + y
 
     first = await add.adelay(1, 1)
-    assert await asyncio.to_thread(close_connections, f"amqptasks async producer {unique} ") == 1
+    assert await asyncio.to_thread(close_connections, broker, f"amqptasks async producer {unique} ") == 1
     await asyncio.sleep(0.2)
     await add.adelay(2, 2)
     assert wait_count(channel, f"{unique}.plain", 2) == 2
@@ -223,14 +224,14 @@ async def test_a_confirm_that_does_not_come_raises_publish_timeout(app: App, uni
     await t.adelay()
 
 
-async def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(app: App, unique: str) -> None:
+async def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(broker: Broker, app: App, unique: str) -> None:
     @app.task(name=f"{unique}.t", queue=f"{unique}.plain")
     def t() -> None: ...
 
     await t.adelay()
     assert app._async is not None
     app._async.settings = replace(app.settings, reconnect_delay=0.05).with_broker(closed_port_url()[0])
-    assert await asyncio.to_thread(close_connections, f"amqptasks async producer {unique} ") == 1
+    assert await asyncio.to_thread(close_connections, broker, f"amqptasks async producer {unique} ") == 1
     await asyncio.sleep(0.2)
     start = time.monotonic()
     with pytest.raises(BrokerUnavailable, match=r"lost the connection .* after 4 attempt"):
@@ -238,13 +239,13 @@ async def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(app
     assert time.monotonic() - start < 2.0
 
 
-async def test_a_send_racing_the_close_of_its_connection_still_lands(app: App, unique: str, channel: Any) -> None:
+async def test_a_send_racing_the_close_of_its_connection_still_lands(broker: Broker, app: App, unique: str, channel: Any) -> None:
     @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
     def add(x: int, y: int) -> int:
         return x + y
 
     await add.adelay(1, 1)
-    closing = asyncio.create_task(asyncio.to_thread(close_connections, f"amqptasks async producer {unique} "))
+    closing = asyncio.create_task(asyncio.to_thread(close_connections, broker, f"amqptasks async producer {unique} "))
     for i in range(200):  # some of these go out while the broker closes the connection
         await add.adelay(i, i)
     assert await closing == 1

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import orjson
@@ -29,6 +29,7 @@ from amqptasks import (
     Settings,
     UnroutableError,
 )
+from tests.conftest import Broker
 
 ROUTING_TOPOLOGY = """\
 exchanges:
@@ -100,23 +101,20 @@ def closed_port_url() -> tuple[str, int]:
     return f"amqp://guest:s3cret@127.0.0.1:{port}/%2F", port
 
 
-def close_connections(label: str, timeout: float = 10.0) -> int:
+def close_connections(broker: Broker, label: str, timeout: float = 10.0) -> int:
     """Close (broker-side) only the connections whose name contains ``label``; how many were closed.
 
     Never ``close_all_connections``: other people's tests share this broker.
     """
     deadline = time.monotonic() + timeout
     while True:
-        listing = subprocess.run(
-            ["rabbitmqctl", "-q", "list_connections", "pid", "client_properties"],
-            capture_output=True, text=True, timeout=30, check=True,
-        ).stdout
+        listing = broker.ctl("-q", "list_connections", "pid", "client_properties", timeout=30)
         pids = [line.split("\t", 1)[0] for line in listing.splitlines() if label in line]
         if pids or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     for pid in pids:
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "amqptasks test"], capture_output=True, timeout=30)
+        broker.ctl("-q", "close_connection", pid, "amqptasks test", timeout=30, check=False)
     return len(pids)
 
 
@@ -203,8 +201,27 @@ def test_header_values_of_every_supported_type_arrive_as_sent(app: App, unique: 
         t.apply_async(headers={"ids": {1, 2}})
 
 
-def test_default_queue_and_the_default_topology(broker_url: str, unique: str, channel: Any) -> None:
-    app = App(unique, broker=broker_url)  # no topology: the built-in default is provisioned
+@pytest.fixture
+def own_vhost(broker: Broker, unique: str) -> Iterator[str]:
+    """A vhost of this test's own (guest may use it), deleted afterwards: the built-in topology's
+    names (celery, tasks) are nobody's to declare on a shared vhost."""
+    vhost = unique
+    broker.ctl("add_vhost", vhost)
+    try:
+        broker.ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        yield vhost
+    finally:
+        broker.ctl("delete_vhost", vhost)
+
+
+def test_default_queue_and_the_default_topology(
+    broker_url: str, own_vhost: str, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The delay cascade is not under test here: classic, so that a new vhost does not cost the
+    # shared broker 135 quorum queues made and deleted.
+    monkeypatch.setenv("AMQPTASKS_DELAY_QUEUE_TYPE", "classic")
+    url = broker_url.rsplit("/", 1)[0] + "/" + quote(own_vhost, safe="")
+    app = App(unique, broker=url)  # no topology: the built-in default is provisioned
 
     @app.task(queue=f"{unique}.never")
     def probe() -> None: ...
@@ -212,8 +229,18 @@ def test_default_queue_and_the_default_topology(broker_url: str, unique: str, ch
     try:
         with pytest.raises(UnroutableError):  # any send provisions first; this one has no queue
             probe.delay()
-        assert channel.queue_declare("celery", passive=True)  # provisioned by the producer
-        assert channel.exchange_declare("tasks", passive=True)
+        connection = pika.BlockingConnection(pika.URLParameters(url))
+        try:
+            channel = connection.channel()
+            assert channel.exchange_declare("tasks", passive=True)
+            # Replicated by default: quorum, with the delivery limit and dead-letter target it says.
+            for queue, expected in (("celery", {"x-queue-type": "quorum", "x-delivery-limit": 20,
+                                                 "x-dead-letter-exchange": "tasks.dead",
+                                                 "x-dead-letter-routing-key": "celery.dead"}),
+                                    ("celery.dead", {"x-queue-type": "quorum", "x-delivery-limit": 1_000_000})):
+                assert channel.queue_declare(queue, durable=True, arguments=expected, passive=False)  # equivalent: no 406
+        finally:
+            connection.close()
     finally:
         app.close()
 
@@ -385,13 +412,13 @@ def test_pikas_timers_run_while_direct_reads_keep_succeeding(app: App, unique: s
 # --- reconnects -----------------------------------------------------------------------------------
 
 
-def test_the_next_send_after_the_connection_was_closed_succeeds(app: App, unique: str, channel: Any) -> None:
+def test_the_next_send_after_the_connection_was_closed_succeeds(broker: Broker, app: App, unique: str, channel: Any) -> None:
     @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
     def add(x: int, y: int) -> int:
         return x + y
 
     first = add.delay(1, 1)
-    assert close_connections(f"amqptasks producer {unique} ") == 1
+    assert close_connections(broker, f"amqptasks producer {unique} ") == 1
     time.sleep(0.2)  # let the close reach the client socket
     add.delay(2, 2)
     assert app._sync is not None and app._sync._state.opened == 2  # a new connection, not a hang
@@ -400,13 +427,13 @@ def test_the_next_send_after_the_connection_was_closed_succeeds(app: App, unique
         first.get(timeout=5)
 
 
-def test_a_send_on_a_connection_closed_unnoticed_is_retried(app: App, unique: str, channel: Any) -> None:
+def test_a_send_on_a_connection_closed_unnoticed_is_retried(broker: Broker, app: App, unique: str, channel: Any) -> None:
     @app.task(name=f"{unique}.add", queue=f"{unique}.plain")
     def add(x: int, y: int) -> int:
         return x + y
 
     add.delay(1, 1)
-    assert close_connections(f"amqptasks producer {unique} ") == 1
+    assert close_connections(broker, f"amqptasks producer {unique} ") == 1
     assert app._sync is not None
     for producer in app._sync._state.idle:
         producer.last_used = time.monotonic()  # skip the idle check: publish onto the dead socket
@@ -415,7 +442,7 @@ def test_a_send_on_a_connection_closed_unnoticed_is_retried(app: App, unique: st
     assert wait_count(channel, f"{unique}.plain", 2) == 2  # resent once: the lost publish was never confirmed
 
 
-def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(
+def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(broker: Broker, 
     tmp_path: Path, unique: str, cleanup: Any, broker_url: str
 ) -> None:
     settings = Settings(broker_url=broker_url, reconnect_attempts=3, reconnect_delay=0.05)
@@ -429,7 +456,7 @@ def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(
         t.delay()
         assert app._sync is not None
         app._sync.settings = settings.with_broker(closed_port_url()[0])  # reconnects now find nobody
-        assert close_connections(f"amqptasks producer {unique} ") == 1
+        assert close_connections(broker, f"amqptasks producer {unique} ") == 1
         time.sleep(0.2)
         start = time.monotonic()
         with pytest.raises(BrokerUnavailable, match=r"lost the connection .* after 4 attempt"):

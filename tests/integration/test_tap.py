@@ -47,7 +47,7 @@ async def consuming(broker_url: str, unique: str, cleanup: Any, request: pytest.
     connection = await aconnect(settings, f"test {request.node.nodeid}")
     try:
         channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
-        await channel.queue_declare(cleanup.queue(f"{unique}.q"))
+        await channel.queue_declare(cleanup.queue(f"{unique}.q"), durable=True)  # 4.3 refuses transient non-exclusive queues
         yield Consuming(connection, channel, connection.tap)
     finally:
         await connection.close()

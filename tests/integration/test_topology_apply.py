@@ -21,7 +21,7 @@ from amqptasks.management import observe
 from amqptasks.settings import Settings
 from amqptasks.sync.connection import connect
 from amqptasks.sync.topology import apply, plan, provision
-from tests.integration.test_management import require_management
+from tests.integration.test_management import declared, require_management
 
 #: A management URL nothing answers at: the adapters must fall back to declare probes.
 NO_MANAGEMENT = "http://127.0.0.1:1"
@@ -118,11 +118,11 @@ def test_apply_twice_second_changes_nothing(
     # Exactly the arguments the file says, no more: the management API's view...
     observed = observe(settings, management_url=management_url)
     assert observed is not None and observed.queues is not None and observed.bindings is not None
-    assert dict(observed.queues[f"{unique}.work"].arguments) == {
+    assert declared(observed.queues[f"{unique}.work"].arguments) == {
         "x-message-ttl": 60000, "x-max-length": 1000,
         "x-dead-letter-exchange": f"{unique}.dead", "x-dead-letter-routing-key": f"{unique}.work",
     }
-    assert dict(observed.queues[f"{unique}.audit.log"].arguments) == {}
+    assert declared(observed.queues[f"{unique}.audit.log"].arguments) == {}
     for binding in topology.bindings:
         assert binding.key in observed.bindings
     # ...and AMQP's: an active declare with the file's arguments is accepted only if they all match.

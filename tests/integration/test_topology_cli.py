@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import urllib.request
-from base64 import b64encode
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from amqptasks.cli import cli
 from amqptasks.core.loader import load_topology
 from amqptasks.settings import Settings
 from amqptasks.sync.topology import plan
+from tests.conftest import Broker
 from tests.integration.test_management import require_management
 from tests.integration.test_topology_apply import register, topology_yaml
 
@@ -196,7 +194,7 @@ def test_export_mermaid(runner: CliRunner, tmp_path: Path) -> None:
 
 
 def test_exported_definitions_import_into_the_broker(
-    runner: CliRunner, tmp_path: Path, broker_url: str, management_url: str, unique: str, cleanup: Any
+    runner: CliRunner, tmp_path: Path, broker: Broker, broker_url: str, management_url: str, unique: str, cleanup: Any
 ) -> None:
     register(cleanup, unique)
     path = write(tmp_path, "t.yaml", topology_yaml(unique))
@@ -210,33 +208,24 @@ def test_exported_definitions_import_into_the_broker(
     exported = tmp_path / "definitions.json"
     exported.write_text(result.stdout, encoding="utf-8")
 
-    _import_definitions(exported, broker_url, management_url)
+    _import_definitions(exported, broker)
 
     # What the broker made of the import is exactly what the files say.
     assert plan(settings, load_topology(path), management_url=management_url).is_noop
 
 
-def _import_definitions(path: Path, broker_url: str, management_url: str) -> None:
-    """``rabbitmqctl import_definitions`` when it manages this (local) broker, else the same import
-    through the management API."""
-    params = pika.URLParameters(broker_url)
-    if shutil.which("rabbitmqctl") and params.host in ("127.0.0.1", "localhost"):
+def _import_definitions(path: Path, broker: Broker) -> None:
+    """``rabbitmqctl import_definitions`` when the local CLI manages the broker under test, else the
+    same import through that broker's management API."""
+    if broker.ctl_command == ("rabbitmqctl",):
         # rabbitmqctl runs as the rabbitmq user, who cannot read pytest's private tmp_path.
         handle, shared = tempfile.mkstemp(suffix=".json")
         try:
             os.write(handle, path.read_bytes())
             os.close(handle)
             os.chmod(shared, 0o644)
-            done = subprocess.run(["rabbitmqctl", "import_definitions", shared],
-                                  check=False, capture_output=True, text=True, timeout=45)
+            broker.ctl("import_definitions", shared, timeout=45)
         finally:
             os.unlink(shared)
-        assert done.returncode == 0, done.stderr
         return
-    token = b64encode(f"{params.credentials.username}:{params.credentials.password}".encode()).decode()
-    request = urllib.request.Request(
-        f"{management_url}/api/definitions", data=path.read_bytes(), method="POST",
-        headers={"Authorization": f"Basic {token}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status in (200, 201, 204)
+    broker.api("/api/definitions", method="POST", body=path.read_bytes(), timeout=30)

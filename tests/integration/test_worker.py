@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import signal
 import sys
 import time
 import urllib.request
-from base64 import b64encode
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +18,7 @@ import pika
 import pytest
 
 from amqptasks.errors import TaskError
+from tests.conftest import Broker
 from tests.integration.workerproc import (
     WorkerProcess,
     done_lines,
@@ -145,7 +144,7 @@ def test_poison_is_dead_lettered_and_good_tasks_complete(workdir: tuple[Path, st
     """200 malformed messages interleaved with 1,000 good ones."""
     directory, queue = workdir
     apply_topology(broker_url, make_tasks(directory, queue, "wk_poison"))
-    good_body = lambda n: orjson.dumps({"args": [n], "kwargs": {}})  # noqa: E731
+    good_body = lambda n: orjson.dumps({"args": [n], "kwargs": {}})
     kinds = [
         (b"{not json", {"task": "wk_poison.mark", "id": "x"}, "not valid JSON"),
         (good_body(1), {"task": "wk_poison.nope", "id": "x"}, "unknown task"),
@@ -227,25 +226,19 @@ def test_kill_9_redelivers_to_a_second_worker(workdir: tuple[Path, str], broker_
     assert any(line.endswith(" True") for line in done_lines(directory))  # the redelivered ones say so
 
 
-def _close_connections(broker_url: str, needle: str) -> int:
-    auth = b64encode(b"guest:guest").decode()
-    request = urllib.request.Request("http://127.0.0.1:15672/api/connections", headers={"Authorization": f"Basic {auth}"})
+def _close_connections(broker: Broker, needle: str) -> int:
+    """Close (through the broker under test's management API) the connections named ``needle``."""
     closed = 0
-    for connection in json.load(urllib.request.urlopen(request, timeout=5)):
+    for connection in broker.api("/api/connections"):
         name = (connection.get("client_properties") or {}).get("connection_name", "")
         if needle in name:
-            delete = urllib.request.Request(
-                f"http://127.0.0.1:15672/api/connections/{urllib.request.quote(connection['name'], safe='')}",
-                method="DELETE",
-                headers={"Authorization": f"Basic {auth}"},
-            )
-            urllib.request.urlopen(delete, timeout=5)
+            broker.api(f"/api/connections/{urllib.request.quote(connection['name'], safe='')}", method="DELETE")
             closed += 1
     return closed
 
 
 @pytest.mark.timeout(120)
-def test_worker_resumes_after_its_connections_are_closed(workdir: tuple[Path, str], broker_url: str) -> None:
+def test_worker_resumes_after_its_connections_are_closed(broker: Broker, workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     make_tasks(directory, queue, "wk_cut")
     tasks = import_tasks(directory, "wk_cut")
@@ -256,7 +249,7 @@ def test_worker_resumes_after_its_connections_are_closed(workdir: tuple[Path, st
     with running_worker(directory, broker_url, "wk_cut", queue, "--loglevel", "warning"):
         assert wait_for(lambda: len(done_lines(directory)) >= 500, 20)
         # The management API lists connections from stats refreshed every few seconds.
-        assert wait_for(lambda: _close_connections(broker_url, "amqptasks worker wk_cut") >= 1, 15, interval=0.5)
+        assert wait_for(lambda: _close_connections(broker, "amqptasks worker wk_cut") >= 1, 15, interval=0.5)
         cut_at = time.monotonic()
         assert wait_for(lambda: queue_counts(broker_url, queue)[1] == 1, 10)
         resumed_in = time.monotonic() - cut_at

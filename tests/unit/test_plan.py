@@ -130,6 +130,28 @@ def test_policy_names_and_patterns_are_escaped() -> None:
     assert "set_policy celery.dead-args '^celery\\.dead$' '{\"message-ttl\":1000,\"max-length\":5}'" in advice
 
 
+def test_a_classic_queue_where_the_file_says_quorum_is_a_conflict_with_a_migration_way_out() -> None:
+    quorum = Queue("celery", type="quorum", delivery_limit=20)
+    classic_args = {"x-queue-type": "classic"}  # RabbitMQ 4.0 reports it; 3.x reports nothing
+    for arguments in (classic_args, {}):
+        (conflict,) = plan_topology(Topology(queues={"celery": quorum}), observed(None, [seen_queue(quorum, arguments)])).conflicts
+        assert [(d.field, d.expected, d.actual) for d in conflict.differences] == [
+            ("x-queue-type", "quorum", "classic"), ("x-delivery-limit", 20, None),
+        ]
+        advice = conflict.advice
+        assert "change the file to match it: type: classic; remove \"delivery_limit\"" in advice
+        assert "set_policy" not in advice  # no policy changes a queue's type
+        assert "move it to a quorum queue without losing messages" in advice
+        assert "rabbitmqctl delete_queue celery, start them again: it is declared anew as quorum" in advice
+
+
+def test_a_classic_queue_reported_with_its_type_is_unchanged() -> None:
+    # RabbitMQ 4.0 reports x-queue-type: classic on every classic queue; files leave it out.
+    plain = Queue("celery")
+    plan = plan_topology(Topology(queues={"celery": plain}), observed(None, [seen_queue(plain, {"x-queue-type": "classic"})]))
+    assert [e.status for e in plan.entities] == ["unchanged"]
+
+
 def test_max_priority_is_not_policyable_so_the_way_out_is_to_match_or_recreate() -> None:
     args = {k: v for k, v in CELERY.declare_arguments().items() if k != "x-max-priority"}
     (conflict,) = plan_topology(TOPOLOGY, everything_present(arguments=args)).conflicts

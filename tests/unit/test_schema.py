@@ -102,6 +102,11 @@ def test_only_the_loader_rejects(schema: Draft202012Validator, name: str, expect
     _loader_rejects(path, *expected)
 
 
+def test_the_classic_default_for_old_deployments_loads() -> None:
+    topology = load_topology(ROOT / "topology" / "default-classic.yaml")
+    assert {q.name: q.type for q in topology.queues.values()} == {"celery": "classic", "celery.dead": "classic"}
+
+
 def test_the_built_in_default_is_the_shipped_example() -> None:
     shipped = (ROOT / "topology" / "default.yaml").read_bytes()
     assert (ROOT / "amqptasks" / "default_topology.yaml").read_bytes() == shipped
@@ -110,8 +115,12 @@ def test_the_built_in_default_is_the_shipped_example() -> None:
 def test_the_default_topology_is_what_the_docs_promise() -> None:
     topology = load_topology(ROOT / "amqptasks" / "default_topology.yaml")
     assert {n: e.type for n, e in topology.exchanges.items()} == {"tasks": "direct", "tasks.dead": "direct"}
-    celery = topology.queues["celery"]
+    celery, dead = topology.queues["celery"], topology.queues["celery.dead"]
     assert (celery.dead_letter_exchange, celery.dead_letter_routing_key) == ("tasks.dead", "celery.dead")
+    # Replicated by default, with an explicit delivery limit; the dead-letter queue's limit is never
+    # reached by inspections (dlq list returns what it reads) on 3.x or 4.x.
+    assert (celery.type, celery.delivery_limit) == ("quorum", 20)
+    assert (dead.type, dead.delivery_limit) == ("quorum", 1_000_000)
     assert [(b.source, b.destination, b.routing_key) for b in topology.bindings] == [
         ("tasks", "celery", "celery"), ("tasks.dead", "celery.dead", "celery.dead"),
     ]
