@@ -103,7 +103,7 @@ def test_only_the_loader_rejects(schema: Draft202012Validator, name: str, expect
 
 
 def test_the_classic_default_for_old_deployments_loads() -> None:
-    topology = load_topology(ROOT / "topology" / "default-classic.yaml")
+    topology = load_topology(ROOT / "topology" / "classic" / "default.yaml")
     assert {q.name: q.type for q in topology.queues.values()} == {"celery": "classic", "celery.dead": "classic"}
 
 
