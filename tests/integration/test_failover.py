@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from amqptasks import App
+from tests.conftest import Broker
 from tests.integration.test_send_sync import (
     close_connections,
     closed_port_url,
@@ -67,14 +68,14 @@ def test_async_skips_a_closed_first_address(tmp_path: Path, unique: str, cleanup
 
 
 def test_sync_moves_to_the_next_address_after_a_loss(
-    tmp_path: Path, unique: str, cleanup: Any, broker_url: str, channel: Any, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, unique: str, cleanup: Any, broker_url: str, broker: Broker, channel: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     second = other_spelling(broker_url)
     app, t = make_app(tmp_path, unique, cleanup, [broker_url, second])
     caplog.set_level(logging.INFO, logger="amqptasks.publisher")
     try:
         t.delay(1)
-        assert close_connections(f"amqptasks producer {unique} ") == 1
+        assert close_connections(broker, f"amqptasks producer {unique} ") == 1
         t.delay(2)  # the lost connection is noticed, the next one opens on the second address
         hosts = [p.address.host for p in app._sync._current().all]  # type: ignore[union-attr]
         assert hosts == [urlsplit(second).hostname], hosts
@@ -84,13 +85,15 @@ def test_sync_moves_to_the_next_address_after_a_loss(
         app.close()
 
 
-def test_async_moves_to_the_next_address_after_a_loss(tmp_path: Path, unique: str, cleanup: Any, broker_url: str, channel: Any) -> None:
+def test_async_moves_to_the_next_address_after_a_loss(
+    tmp_path: Path, unique: str, cleanup: Any, broker_url: str, broker: Broker, channel: Any
+) -> None:
     second = other_spelling(broker_url)
     app, t = make_app(tmp_path, unique, cleanup, [broker_url, second])
 
     async def main() -> str:
         await t.adelay(1)
-        assert await asyncio.to_thread(close_connections, f"amqptasks async producer {unique} ") == 1
+        assert await asyncio.to_thread(close_connections, broker, f"amqptasks async producer {unique} ") == 1
         await asyncio.sleep(0.3)
         await t.adelay(2)
         [producer] = app._async._producers.values()  # type: ignore[union-attr]
