@@ -8,7 +8,7 @@ from typing import Any
 import aio_pika
 import aiormq.exceptions
 
-from amqptasks.aio import wire
+from amqptasks import fastpaths
 from amqptasks.aio.tap import DeliveryTap, TapFactory
 from amqptasks.errors import BrokerUnavailable
 from amqptasks.settings import Settings, find_tls_error
@@ -18,6 +18,13 @@ def _url_with_name(settings: Settings, name: str) -> str:
     # aio-pika reads connection options from the query string.
     separator = "&" if "?" in settings.broker_url else "?"
     return f"{settings.broker_url}{separator}heartbeat={settings.heartbeat}&name={name}"
+
+
+class PlainConnection(aio_pika.Connection):
+    """aio-pika's connection as it is, for ``AMQPTASKS_FAST_PATHS=0`` (amqptasks/fastpaths.py)."""
+
+    #: No tap: deliveries, acks and replies all go through aiormq's public API.
+    tap: DeliveryTap | None = None
 
 
 class TappedConnection(aio_pika.Connection):
@@ -30,7 +37,7 @@ class TappedConnection(aio_pika.Connection):
         self.kwargs["transport_factory"] = self._tap_factory  # passed on to aiormq's Connection
 
     @property
-    def tap(self) -> DeliveryTap:
+    def tap(self) -> DeliveryTap | None:
         """The connection's tap, bound to its aiormq connection."""
         tap = self._tap_factory.tap
         if tap is None or self.transport is None:
@@ -39,11 +46,10 @@ class TappedConnection(aio_pika.Connection):
         return tap
 
 
-async def aconnect(settings: Settings, name: str) -> TappedConnection:
-    """An aio-pika connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it, or BrokerUnavailable."""
-    # Every aio connection, worker or producer, decodes and encodes through the fixed pamqp:
-    # a bad frame must not close it, and a header such as {"delta": -1} must encode (aio/wire.py).
-    wire.install()
+async def aconnect(settings: Settings, name: str) -> TappedConnection | PlainConnection:
+    """An aio-pika connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it (a plain one
+    with ``AMQPTASKS_FAST_PATHS=0``, whose ``tap`` is None), or BrokerUnavailable."""
+    fast = fastpaths.enabled()  # read once per connection
     address = settings.address
     try:
         connection = await asyncio.wait_for(
@@ -52,11 +58,15 @@ async def aconnect(settings: Settings, name: str) -> TappedConnection:
                 _url_with_name(settings, name),
                 timeout=settings.connect_timeout,
                 ssl_context=settings.ssl_context(),
-                connection_class=TappedConnection,
+                connection_class=TappedConnection if fast else PlainConnection,
             ),
             timeout=settings.connect_timeout + 1,
         )
-        assert isinstance(connection, TappedConnection)
+        assert isinstance(connection, TappedConnection | PlainConnection)
+        tap = connection.tap
+        if tap is not None and connection.transport is not None:
+            # Direct writes only once aiormq's writer is seen to keep the order they rely on.
+            await tap.check_writer_order(connection.transport.connection)
         return connection
     except aiormq.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(address.refused_credentials()) from None

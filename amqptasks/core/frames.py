@@ -147,6 +147,15 @@ def _table(headers: Mapping[str, Any]) -> bytes:
     return _UINT32.pack(len(data)) + data
 
 
+def encode_table(headers: Mapping[str, Any]) -> bytes | None:
+    """``headers`` as an AMQP field table (length first), or None for a value this module leaves
+    to the client library (see :func:`header_value_problem`)."""
+    try:
+        return _table(headers)
+    except (_Unsupported, ValueError, OverflowError, struct.error, RecursionError):
+        return None
+
+
 def encode_frame(kind: int, channel: int, payload: bytes) -> bytes:
     """One frame: type, channel, size, ``payload``, end octet."""
     return _FRAME_START.pack(kind, channel, len(payload)) + payload + FRAME_END
