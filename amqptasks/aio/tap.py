@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from importlib.metadata import version as _version
 from typing import Any, cast
 
-import aiormq
 import aiormq.exceptions
 import pamqp.frame
 from aiormq import spec
@@ -198,7 +198,7 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             log.warning(
                 "aiormq's writer does not write a frame in the step that takes it off its queue (aiormq %s): "
                 "this connection's acks and replies go through aiormq's queue (slower, same result)",
-                getattr(aiormq, "__version__", "?"),
+                _version("aiormq"),
             )
         self.direct_writes = holds
         return holds
