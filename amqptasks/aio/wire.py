@@ -24,9 +24,9 @@ what still cannot be re-encoded into strings for dead-letter copies.
 
 from __future__ import annotations
 
-from decimal import Decimal
 import struct
 from collections.abc import Callable, Mapping
+from decimal import Decimal
 from importlib.metadata import version
 from typing import Any
 
@@ -55,10 +55,9 @@ def content_header(frame: bytes | memoryview) -> ContentHeader:
     if not PAMQP_3:
         try:
             header = pamqp.frame.unmarshal(bytes(frame))[2]
-        except Exception:  # noqa: BLE001 - anything pamqp refuses: our lenient decoder below
-            pass
-        else:
-            assert isinstance(header, ContentHeader)
+        except Exception:  # noqa: BLE001 - anything pamqp refuses goes to our lenient decoder
+            header = None
+        if isinstance(header, ContentHeader):
             return header
     return lenient_content_header(frame)
 

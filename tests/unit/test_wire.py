@@ -44,12 +44,12 @@ def test_a_shortstr_that_is_not_utf8_decodes_to_bytes() -> None:
 def test_a_timestamp_out_of_range_decodes_to_none() -> None:
     assert wire.content_header(header_frame(TIMESTAMP, struct.pack(">Q", 2**63))).properties.timestamp is None
     when = wire.content_header(header_frame(TIMESTAMP, struct.pack(">Q", 1_700_000_000))).properties.timestamp
-    assert when == datetime.datetime.fromtimestamp(1_700_000_000, tz=datetime.timezone.utc)
+    assert when == datetime.datetime.fromtimestamp(1_700_000_000, tz=datetime.UTC)
 
 
 def test_negative_decimals_decode_signed() -> None:
     frame = header_frame(HEADERS, table((b"d", b"D\x02" + struct.pack(">i", -505)), (b"a", b"A" + struct.pack(">I", 6) + b"D\x00" + struct.pack(">i", -1))))
-    assert wire.content_header(frame).properties.headers == {"d": Decimal("-5.05"), "a": [Decimal("-1")]}
+    assert wire.content_header(frame).properties.headers == {"d": Decimal("-5.05"), "a": [Decimal(-1)]}
 
 
 def test_a_table_key_that_is_not_utf8_decodes_with_replacement() -> None:
@@ -60,7 +60,7 @@ def test_a_table_key_that_is_not_utf8_decodes_with_replacement() -> None:
 def test_an_ordinary_header_decodes_as_pamqp_decodes_it() -> None:
     properties = spec.Basic.Properties(
         content_type="application/json", headers={"n": -200, "f": 0.5, "s": "x", "l": [1, "a", True], "t": {"x": None}},
-        message_id="m", timestamp=datetime.datetime(2024, 1, 2, tzinfo=datetime.timezone.utc), delivery_mode=2, priority=3,
+        message_id="m", timestamp=datetime.datetime(2024, 1, 2, tzinfo=datetime.UTC), delivery_mode=2, priority=3,
     )
     frame = pamqp.frame.marshal(ContentHeader(body_size=7, properties=properties), 1)
     stock = pamqp.frame.unmarshal(frame)[2]
