@@ -31,16 +31,18 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from amqptasks import fastpaths
+from amqptasks.aio import wire
 from amqptasks.core.envelope import Properties
 from amqptasks.core.frames import FRAME_OVERHEAD, encode_publish
 
 
 def pamqp_properties(p: Properties) -> spec.Basic.Properties:
-    """pamqp properties for ``p``; pamqp encodes timestamps from datetimes only."""
+    """pamqp properties for ``p`` whose headers core/frames.py writes (aio/wire.py: every header
+    type, also where pamqp encodes the message); pamqp encodes timestamps from datetimes only."""
     fields = p.client_fields()
     if p.timestamp is not None:
         fields["timestamp"] = datetime.fromtimestamp(p.timestamp, tz=timezone.utc)
-    return spec.Basic.Properties(**fields)
+    return wire.CopyProperties(**fields)
 
 
 class Outbox:

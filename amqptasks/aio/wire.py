@@ -160,8 +160,10 @@ _PROPERTY_DECODERS: dict[str, Callable[[bytes, int], tuple[int, Any]]] = {
 
 class CopyProperties(spec.Basic.Properties):
     """pamqp's Basic.Properties whose headers table is written by core/frames.py: integers in
-    -128..-1 encode (pamqp 3 fails on them) and floats stay doubles (pamqp writes 32 bits).
-    Per object: pamqp's own encoder is untouched for everyone else."""
+    -128..-1 encode (pamqp 3 fails on them), floats stay doubles (pamqp writes 32 bits), bytes
+    encode (pamqp refuses them). For our copies (worker/copies.py) and for the messages pamqp
+    encodes for us (aio/outbox.py). ``encode_property`` is pamqp's public method; per object,
+    pamqp's own encoder is untouched for everyone else."""
 
     def encode_property(self, name: str, value: Any) -> bytes:
         if name == "headers":

@@ -33,13 +33,29 @@ import pika
 from pika.adapters.utils import io_services_utils
 
 from amqptasks import fastpaths
-from amqptasks.core.frames import FRAME_OVERHEAD
+from amqptasks.core.envelope import Properties
+from amqptasks.core.frames import FRAME_OVERHEAD, encode_properties
 from amqptasks.core.inbound import Ack, read_confirms_and_replies
 
 QUIET = 0.05  # seconds without a byte after which the wait goes back to pika's loop
 PEEK_BYTES = 4096  # looked at before deciding who reads: an ack is 21 bytes, a small reply ~200
 # None if a pika release renames it: then every wait is pika's own.
 _PLAINTEXT: Any = getattr(io_services_utils, "_AsyncPlaintextTransport", None)
+
+
+class EncodedProperties(pika.BasicProperties):
+    """pika's message properties whose content header core/frames.py writes: pika cannot encode a
+    float header at all, and this keeps every header type ``send()`` accepts working when pika
+    encodes the message (``AMQPTASKS_FAST_PATHS=0``, or a message the direct path leaves to
+    pika). ``encode()`` is pika's public method; per object, nothing changes for other pika users."""
+
+    def __init__(self, properties: Properties) -> None:
+        super().__init__(**properties.client_fields())
+        self._ours = properties
+
+    def encode(self) -> list[bytes]:
+        data = encode_properties(self._ours)
+        return [data] if data is not None else list(super().encode())  # pika reports what it cannot encode
 
 
 class DirectSocket:

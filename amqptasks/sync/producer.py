@@ -31,7 +31,7 @@ from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, PublishError, PublishTimeout, UnroutableError
 from amqptasks.settings import Settings
 from amqptasks.sync.connection import connect
-from amqptasks.sync.direct import DirectSocket
+from amqptasks.sync.direct import DirectSocket, EncodedProperties
 from amqptasks.sync.results import Broken, Replies, SharedConnection
 
 IDLE_CHECK_AFTER = 1.0  # seconds idle after which a producer is polled for a close before use
@@ -59,7 +59,7 @@ class _Slot:
 
 
 def pika_properties(p: Properties) -> pika.BasicProperties:
-    return pika.BasicProperties(**p.client_fields())
+    return EncodedProperties(p)  # every header type, also where pika encodes the message
 
 
 class Producer(SharedConnection):
