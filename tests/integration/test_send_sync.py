@@ -29,6 +29,7 @@ from amqptasks import (
     Settings,
     UnroutableError,
 )
+from amqptasks.sync import direct as direct_module
 
 ROUTING_TOPOLOGY = """\
 exchanges:
@@ -370,6 +371,9 @@ def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str
 def test_pikas_timers_run_while_direct_reads_keep_succeeding(app: App, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Heartbeats are pika timers: a producer busy on the direct path must still give pika's loop a turn."""
     monkeypatch.setenv("AMQPTASKS_FAST_PATHS", "1")  # about the fast path: on whatever the run's setting
+    # No turns by chance: a direct wait goes back to pika's loop after a quiet spell, which a busy
+    # machine makes common; the loop must get its turns from LOOP_TURN_EVERY alone.
+    monkeypatch.setattr(direct_module, "QUIET", 5.0)
 
     @app.task(name=f"{unique}.add", queue=f"{unique}.plain", ignore_result=True)
     def add(x: int, y: int) -> int:
