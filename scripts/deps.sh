@@ -16,15 +16,17 @@ case "$set_name" in
 esac
 shift
 VENV="$ROOT/.venv-$set_name"
-stamp="$VENV/.installed-$(cat "$ROOT/pyproject.toml" "$ROOT/constraints/oldest.txt" | sha1sum | cut -c1-12)"
-if [ ! -x "$VENV/bin/python" ]; then
-  python3 -m venv "$VENV"
-fi
+# newest: also renewed daily, so a kept venv meets new releases.
+day=""; [ "$set_name" = newest ] && day="$(date +%F)"
+stamp="$VENV/.installed-$( (cat "$ROOT/pyproject.toml" "$ROOT/constraints/oldest.txt"; echo "$day") | sha1sum | cut -c1-12)"
 if [ ! -f "$stamp" ]; then
+  # From scratch: an upgrade in place can leave a package the new set no longer wants.
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager \
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
     ${constraints[@]+"${constraints[@]}"} -e "$ROOT[dev]"
-  rm -f "$VENV"/.installed-* && touch "$stamp"
+  touch "$stamp"
 fi
 "$VENV/bin/python" -c 'import importlib.metadata as m; print("deps.sh '"$set_name"':", ", ".join(f"{p} {m.version(p)}" for p in ("pika", "aio-pika", "aiormq", "pamqp", "yarl")))'
 exec "$VENV/bin/python" -m pytest "$@"
