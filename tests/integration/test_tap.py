@@ -118,6 +118,9 @@ async def test_deliveries_are_handed_over_whole_and_acks_written_directly(
     assert consuming.taken[0].header.properties.headers == {"h": [1, "x"]}
     assert consuming.tap.deliveries == 3
     assert consuming.tap.write(encode_ack(consuming.channel.number, 3, multiple=True))
+    # A round trip behind the ack: a close right after it can reach the broker's channel first
+    # (seen once under load), and the unacked messages would be requeued.
+    await consuming.channel.basic_qos(prefetch_count=5)
     await consuming.connection.close()  # unacked messages would return to the queue now
     assert await asyncio.to_thread(queue_depth, broker_url, queue) == 0
 
