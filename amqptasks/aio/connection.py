@@ -9,7 +9,7 @@ from typing import Any
 import aio_pika
 import aiormq.exceptions
 
-from amqptasks.aio import wire
+from amqptasks import fastpaths
 from amqptasks.aio.tap import DeliveryTap, TapFactory
 from amqptasks.core.failover import NodeRing, no_node
 from amqptasks.settings import BrokerAddress, Settings, find_tls_error
@@ -21,15 +21,13 @@ def _url_with_name(settings: Settings, name: str, address: BrokerAddress) -> str
     return f"{address.url}{separator}heartbeat={settings.heartbeat}&name={name}"
 
 
-class TappedConnection(aio_pika.Connection):
-    """aio-pika's connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it: the socket is
-    read into one buffer (not a new 256 KiB one per read), and a worker takes its deliveries there."""
+class PlainConnection(aio_pika.Connection):
+    """aio-pika's connection as it is, knowing the node it reached: ``AMQPTASKS_FAST_PATHS=0``
+    connections are this (amqptasks/fastpaths.py), tapped ones a :class:`TappedConnection`."""
 
-    def __init__(self, url: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
-        super().__init__(url, loop=loop, **kwargs)
-        self._tap_factory = TapFactory()
-        self.kwargs["transport_factory"] = self._tap_factory  # passed on to aiormq's Connection
-        self.address: BrokerAddress | None = None  # the node it reached (set by aconnect)
+    #: No tap: deliveries, acks and replies all go through aiormq's public API.
+    tap: DeliveryTap | None = None
+    address: BrokerAddress | None = None  # the node it reached (set by aconnect)
 
     def describe_node(self) -> str:
         """``host:port`` of the node, with what the server says of itself (product, version,
@@ -45,8 +43,19 @@ class TappedConnection(aio_pika.Connection):
             about += f", cluster {text['cluster_name']}"
         return f"{where} ({about})" if about else where
 
-    @property
-    def tap(self) -> DeliveryTap:
+
+
+class TappedConnection(PlainConnection):
+    """aio-pika's connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it: the socket is
+    read into one buffer (not a new 256 KiB one per read), and a worker takes its deliveries there."""
+
+    def __init__(self, url: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        super().__init__(url, loop=loop, **kwargs)
+        self._tap_factory = TapFactory()
+        self.kwargs["transport_factory"] = self._tap_factory  # passed on to aiormq's Connection
+
+    @property  # type: ignore[override]
+    def tap(self) -> DeliveryTap | None:
         """The connection's tap, bound to its aiormq connection."""
         tap = self._tap_factory.tap
         if tap is None or self.transport is None:
@@ -55,10 +64,10 @@ class TappedConnection(aio_pika.Connection):
         return tap
 
 
-async def aconnect(settings: Settings, name: str, ring: NodeRing | None = None) -> TappedConnection:
-    """An aio-pika connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it, to the first
-    node of ``ring``'s order that answers (``connection.address``); or BrokerUnavailable naming
-    every node tried."""
+async def aconnect(settings: Settings, name: str, ring: NodeRing | None = None) -> PlainConnection:
+    """An aio-pika connection with a :class:`~amqptasks.aio.tap.DeliveryTap` under it (a plain one
+    with ``AMQPTASKS_FAST_PATHS=0``, whose ``tap`` is None), to the first node of ``ring``'s order
+    that answers (``connection.address``); or BrokerUnavailable naming every node tried."""
     addresses = settings.addresses
     ring = ring or NodeRing(len(addresses))
     tried: list[str] = []
@@ -88,10 +97,8 @@ class _Failed(Exception):
         self.refused = refused  # the node answered and refused us (credentials, TLS)
 
 
-async def _connect_one(settings: Settings, name: str, address: BrokerAddress) -> TappedConnection:
-    # Every aio connection, worker or producer, decodes and encodes through the fixed pamqp:
-    # a bad frame must not close it, and a header such as {"delta": -1} must encode (aio/wire.py).
-    wire.install()
+async def _connect_one(settings: Settings, name: str, address: BrokerAddress) -> PlainConnection:
+    fast = fastpaths.enabled()  # read once per connection
     try:
         connection = await asyncio.wait_for(
             # ssl_context: None for amqp://; for amqps:// the configured CA / client certificate.
@@ -99,11 +106,15 @@ async def _connect_one(settings: Settings, name: str, address: BrokerAddress) ->
                 _url_with_name(settings, name, address),
                 timeout=settings.connect_timeout,
                 ssl_context=settings.ssl_context(),
-                connection_class=TappedConnection,
+                connection_class=TappedConnection if fast else PlainConnection,
             ),
             timeout=settings.connect_timeout + 1,
         )
-        assert isinstance(connection, TappedConnection)
+        assert isinstance(connection, PlainConnection)
+        tap = connection.tap
+        if tap is not None and connection.transport is not None:
+            # Direct writes only once aiormq's writer is seen to keep the order they rely on.
+            await tap.check_writer_order(connection.transport.connection)
         return connection
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise _Failed(address.refused_credentials(), exc, True) from None

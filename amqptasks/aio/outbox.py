@@ -12,6 +12,9 @@ future in ``channel.confirmations``, message id -> delivery tag for a ``basic.re
 aiormq's reader settles them: ack, nack (``DeliveryError``), return (``PublishError``), and a
 closing channel rejects them all. Every publish on the channel must come through one Outbox:
 delivery tags are counted in the order messages reach the broker.
+
+With ``AMQPTASKS_FAST_PATHS=0`` (amqptasks/fastpaths.py) each publish is aiormq's own
+``basic_publish`` instead: no hand-encoded frames, no writes to its queue, no confirm bookkeeping.
 """
 
 from __future__ import annotations
@@ -27,16 +30,19 @@ from aiormq.abc import ChannelFrame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from amqptasks import fastpaths
+from amqptasks.aio import wire
 from amqptasks.core.envelope import Properties
 from amqptasks.core.frames import FRAME_OVERHEAD, encode_publish
 
 
 def pamqp_properties(p: Properties) -> spec.Basic.Properties:
-    """pamqp properties for ``p``; pamqp encodes timestamps from datetimes only."""
+    """pamqp properties for ``p`` whose headers core/frames.py writes (aio/wire.py: every header
+    type, also where pamqp encodes the message); pamqp encodes timestamps from datetimes only."""
     fields = p.client_fields()
     if p.timestamp is not None:
         fields["timestamp"] = datetime.fromtimestamp(p.timestamp, tz=timezone.utc)
-    return spec.Basic.Properties(**fields)
+    return wire.CopyProperties(**fields)
 
 
 class Outbox:
@@ -44,6 +50,7 @@ class Outbox:
 
     def __init__(self, channel: Any) -> None:
         self._channel = channel
+        self._fast = fastpaths.enabled()  # read once per channel
         self._frame_max = channel.max_content_size + FRAME_OVERHEAD
         self._pending: list[bytes] = []
         self._writer: asyncio.Task[None] | None = None
@@ -57,6 +64,12 @@ class Outbox:
         channel = self._channel
         if channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel} is closed")
+        if not self._fast:
+            return asyncio.ensure_future(
+                channel.basic_publish(
+                    body, exchange=exchange, routing_key=routing_key, properties=pamqp_properties(properties), mandatory=True
+                )
+            )
         data = encode_publish(channel.number, exchange, routing_key, body, properties, self._frame_max)
         if data is None:  # a header value core/frames.py leaves to pamqp (or that pamqp refuses: raised here)
             data = self._pamqp_frames(body, exchange, routing_key, properties)

@@ -7,7 +7,9 @@ the worker. :class:`DeliveryTap` is the protocol under aiormq's stream: the fram
 deliveries the worker registered (``core/inbound.py`` picks them out) are parsed and handed to
 its callback as they arrive; every other frame goes to aiormq unchanged, so the handshake,
 channels, confirms, heartbeats and closes stay aiormq's. :meth:`DeliveryTap.write` sends frames at
-once when aiormq has nothing queued to send before them.
+once when aiormq has nothing queued to send before them — once :meth:`DeliveryTap.check_writer_order`
+has seen, on this connection, that aiormq's writer still writes a frame in the step that takes it
+off its queue; otherwise every write goes through aiormq's queue.
 
 The tap is installed through aiormq's ``transport_factory`` argument (:class:`TapFactory`),
 plain TCP and TLS alike. asyncio's own ``open_connection`` says to do exactly this for a
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from importlib.metadata import version as _version
 from typing import Any, cast
 
 import aiormq.exceptions
@@ -26,8 +29,8 @@ import pamqp.frame
 from aiormq import spec
 from aiormq.abc import ChannelFrame, DeliveredMessage
 from aiormq.connection import TransportFactory
-from pamqp.header import ContentHeader
 
+from amqptasks.aio import wire
 from amqptasks.core.frames import FRAME_BODY, encode_frame
 from amqptasks.core.inbound import HEARTBEAT, Delivery, FrameRouter, Passed
 
@@ -61,6 +64,9 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         self._write_queue: asyncio.Queue[Any] | None = None
         self._passed_at = loop.time()
         self._inbox = memoryview(bytearray(READ_SIZE))
+        self._on_write: Callable[[bytes], None] | None = None  # set while the writer order is checked
+        #: Writes may skip aiormq's queue: set by :meth:`check_writer_order` once it has seen that safe.
+        self.direct_writes = False
         self.deliveries = 0  # taken and dispatched here (the tests check the tap is in use)
 
     # --- set-up ------------------------------------------------------------------------------
@@ -110,7 +116,7 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
             return
         try:
             method = cast(spec.Basic.Deliver, pamqp.frame.unmarshal(item.method)[2])  # core/inbound checked
-            header = cast(ContentHeader, pamqp.frame.unmarshal(item.header)[2])
+            header = wire.content_header(item.header)  # lenient, on this connection only
         except Exception:  # whatever aiormq would make of it (close the connection, say), it does
             body = encode_frame(FRAME_BODY, item.channel, item.body) if item.body else b""
             super().data_received(item.method + item.header + body)
@@ -135,15 +141,79 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         if queue is None or socket is None or socket.is_closing():
             return False
         # aiormq's writer task writes each frame in the step that takes it off the queue (no await
-        # between get() and write(): aiormq 6.9, a test in tests/integration/test_tap.py checks it),
-        # so an empty queue means everything queued before is in the transport already.
-        if queue.empty():
+        # between get() and write()), so an empty queue means everything queued before is in the
+        # transport already. check_writer_order() saw that on this connection, or this is False.
+        if self.direct_writes and queue.empty():
             socket.write(data)
             return True
         if queue.full():
             return False
         queue.put_nowait(ChannelFrame(payload=data, should_close=False))
         return True
+
+    def written_by_aiormq(self, data: bytes) -> None:
+        """aiormq's writer wrote ``data`` (through :class:`_Writer`)."""
+        if self._on_write is not None:
+            self._on_write(data)
+
+    async def check_writer_order(self, connection: Any, timeout: float = 2.0) -> bool:
+        """Check on ``connection`` (this socket's aiormq connection) the invariant :meth:`write`
+        relies on, and enable direct writes only if it holds.
+
+        A heartbeat frame is queued for aiormq's writer, and every loop turn until it is written
+        looks at the queue: empty with the heartbeat not yet written means the writer takes a
+        frame and writes it in different steps (it awaits in between), so a direct write could
+        overtake it. Then, or if the heartbeat is not written within ``timeout``, writes keep
+        going through aiormq's queue, and a warning says so.
+        """
+        self.bind(connection)
+        queue = connection.write_queue
+        probe = bytes(HEARTBEAT)  # a new object: told apart from any other write by identity
+        loop = self._loop
+        verdict: asyncio.Future[bool] = loop.create_future()
+
+        def on_write(data: bytes) -> None:
+            if data is probe and not verdict.done():
+                verdict.set_result(True)
+
+        def watch() -> None:
+            if verdict.done():
+                return
+            if queue.empty():  # taken off the queue, not written
+                verdict.set_result(False)
+                return
+            loop.call_soon(watch)
+
+        self._on_write = on_write
+        try:
+            async with asyncio.timeout(timeout):
+                await queue.put(ChannelFrame(payload=probe, should_close=False))
+                loop.call_soon(watch)
+                holds = await verdict
+        except TimeoutError:
+            holds = False
+        finally:
+            self._on_write = None
+        if not holds:
+            log.warning(
+                "aiormq's writer does not write a frame in the step that takes it off its queue (aiormq %s): "
+                "this connection's acks and replies go through aiormq's queue (slower, same result)",
+                _version("aiormq"),
+            )
+        self.direct_writes = holds
+        return holds
+
+
+class _Writer(asyncio.StreamWriter):
+    """The stream writer aiormq writes through: tells the tap what it wrote, while it checks."""
+
+    def __init__(self, transport: asyncio.Transport, tap: DeliveryTap, reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(transport, tap, reader, loop)
+        self._tap = tap
+
+    def write(self, data: Any) -> None:
+        super().write(data)
+        self._tap.written_by_aiormq(data)
 
 
 class TapFactory(TransportFactory):
@@ -163,4 +233,4 @@ class TapFactory(TransportFactory):
         except OSError as exc:  # as aiormq's own factories report it
             raise aiormq.exceptions.AMQPConnectionError(*exc.args) from exc
         self.tap = tap
-        return reader, asyncio.StreamWriter(transport, tap, reader, loop)
+        return reader, _Writer(transport, tap, reader, loop)

@@ -47,7 +47,8 @@ _TIMESTAMP = 1 << 6
 
 _FRAME_START = struct.Struct(">BHI")
 _METHOD_START = struct.Struct(">HHH")  # class, method, reserved-1 (the ticket)
-_HEADER_START = struct.Struct(">HHQH")  # class, weight, body size, property flags
+_HEADER_START = struct.Struct(">HHQ")  # class, weight, body size (the property flags follow)
+_UINT16 = struct.Struct(">H")
 _INT32 = struct.Struct(">i")
 _INT64 = struct.Struct(">q")
 _UINT32 = struct.Struct(">I")
@@ -147,6 +148,15 @@ def _table(headers: Mapping[str, Any]) -> bytes:
     return _UINT32.pack(len(data)) + data
 
 
+def encode_table(headers: Mapping[str, Any]) -> bytes | None:
+    """``headers`` as an AMQP field table (length first), or None for a value this module leaves
+    to the client library (see :func:`header_value_problem`)."""
+    try:
+        return _table(headers)
+    except (_Unsupported, ValueError, OverflowError, struct.error, RecursionError):
+        return None
+
+
 def encode_frame(kind: int, channel: int, payload: bytes) -> bytes:
     """One frame: type, channel, size, ``payload``, end octet."""
     return _FRAME_START.pack(kind, channel, len(payload)) + payload + FRAME_END
@@ -169,16 +179,10 @@ _PROPERTIES: tuple[tuple[int, str, Callable[[Any], bytes]], ...] = (
 )
 
 
-def encode_publish(
-    channel: int, exchange: str, routing_key: str, body: bytes, properties: Properties, frame_max: int, *, mandatory: bool = True
-) -> bytes | None:
-    """Method, content header and body frames of one publish on ``channel``, or ``None`` when a
-    property or header value is outside what this encoder writes (see the module docstring).
-
-    ``frame_max`` is the connection's negotiated maximum frame size (0: none): longer bodies are split."""
+def encode_properties(properties: Properties) -> bytes | None:
+    """The property flags and property list of a content header for ``properties``, or ``None``
+    when a value is outside what this encoder writes (see the module docstring)."""
     try:
-        method = _METHOD_START.pack(BASIC_CLASS, BASIC_PUBLISH, 0) + _shortstr(exchange) + _shortstr(routing_key)
-        method += b"\x01" if mandatory else b"\x00"
         flags = 0
         fields: list[bytes] = []
         for flag, name, encode in _PROPERTIES:
@@ -188,7 +192,25 @@ def encode_publish(
                 fields.append(encode(value))
     except (_Unsupported, ValueError, OverflowError, struct.error, UnicodeError):
         return None
-    header = _HEADER_START.pack(BASIC_CLASS, 0, len(body), flags) + b"".join(fields)
+    return _UINT16.pack(flags) + b"".join(fields)
+
+
+def encode_publish(
+    channel: int, exchange: str, routing_key: str, body: bytes, properties: Properties, frame_max: int, *, mandatory: bool = True
+) -> bytes | None:
+    """Method, content header and body frames of one publish on ``channel``, or ``None`` when a
+    property or header value is outside what this encoder writes (see the module docstring).
+
+    ``frame_max`` is the connection's negotiated maximum frame size (0: none): longer bodies are split."""
+    try:
+        method = _METHOD_START.pack(BASIC_CLASS, BASIC_PUBLISH, 0) + _shortstr(exchange) + _shortstr(routing_key)
+    except (_Unsupported, UnicodeError):
+        return None
+    method += b"\x01" if mandatory else b"\x00"
+    properties_data = encode_properties(properties)
+    if properties_data is None:
+        return None
+    header = _HEADER_START.pack(BASIC_CLASS, 0, len(body)) + properties_data
     parts = [encode_frame(FRAME_METHOD, channel, method), encode_frame(FRAME_HEADER, channel, header)]
     size = frame_max - FRAME_OVERHEAD if frame_max > FRAME_OVERHEAD else max(1, len(body))  # 0: no limit
     parts.extend(encode_frame(FRAME_BODY, channel, body[i : i + size]) for i in range(0, len(body), size))

@@ -16,7 +16,9 @@ wait a poll with timer bookkeeping. Here:
 Whatever falls outside that — TLS, a wake from another thread, a partial write, a socket quiet for longer than a round trip,
 a transport no longer active — goes back to pika's loop, which also runs pika's timers. Patched on
 our own connection objects only; if a pika release renames these internals, pika's behaviour
-stays. Measured in ``scripts/bench_publish.py``.
+stays. Measured in ``scripts/bench_publish.py``. With ``AMQPTASKS_FAST_PATHS=0``
+(amqptasks/fastpaths.py) none of this is installed: :attr:`DirectSocket.active` is False, pika
+writes and reads everything, and producers let pika encode every message (``frame_max`` None).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from typing import Any
 import pika
 from pika.adapters.utils import io_services_utils
 
-from amqptasks.core.frames import FRAME_OVERHEAD
+from amqptasks import fastpaths
+from amqptasks.core.envelope import Properties
+from amqptasks.core.frames import FRAME_OVERHEAD, encode_properties
 from amqptasks.core.inbound import Ack, read_confirms_and_replies
 
 QUIET = 0.05  # seconds without a byte after which the wait goes back to pika's loop
@@ -39,12 +43,29 @@ PEEK_BYTES = 4096  # looked at before deciding who reads: an ack is 21 bytes, a 
 _PLAINTEXT: Any = getattr(io_services_utils, "_AsyncPlaintextTransport", None)
 
 
+class EncodedProperties(pika.BasicProperties):
+    """pika's message properties whose content header core/frames.py writes: pika cannot encode a
+    float header at all, and this keeps every header type ``send()`` accepts working when pika
+    encodes the message (``AMQPTASKS_FAST_PATHS=0``, or a message the direct path leaves to
+    pika). ``encode()`` is pika's public method; per object, nothing changes for other pika users."""
+
+    def __init__(self, properties: Properties) -> None:
+        super().__init__(**properties.client_fields())
+        self._ours = properties
+
+    def encode(self) -> list[bytes]:
+        data = encode_properties(self._ours)
+        return [data] if data is not None else list(super().encode())  # pika reports what it cannot encode
+
+
 class DirectSocket:
     """Installs the joined (and, in plaintext, immediate) write; :meth:`wait` reads directly."""
 
     def __init__(self, connection: pika.BlockingConnection) -> None:
         self._impl: Any = connection._impl
-        transport: Any = getattr(self._impl, "_transport", None)
+        #: The fast paths are in use on this connection (AMQPTASKS_FAST_PATHS, read once here).
+        self.active = fastpaths.enabled()
+        transport: Any = getattr(self._impl, "_transport", None) if self.active else None
         plain = _PLAINTEXT is not None and type(transport) is _PLAINTEXT and all(
             hasattr(transport, name) for name in ("_sock", "_state", "_STATE_ACTIVE", "get_write_buffer_size", "_on_socket_readable")
         )
@@ -65,7 +86,7 @@ class DirectSocket:
             self._poller.register(wake.fileno(), select.POLLIN)
         else:
             self._transport = None
-        if hasattr(self._impl, "_adapter_emit_data") and hasattr(self._impl, "_output_marshaled_frames"):
+        if self.active and hasattr(self._impl, "_adapter_emit_data") and hasattr(self._impl, "_output_marshaled_frames"):
             self._impl._output_marshaled_frames = self._write
 
     def _clear(self) -> bool:
@@ -76,6 +97,8 @@ class DirectSocket:
     @property
     def frame_max(self) -> int | None:
         """The connection's negotiated frame size, for frames we encode ourselves (None: unknown)."""
+        if not self.active:
+            return None  # pika encodes every message
         body_max = getattr(self._impl, "_body_max_length", None)
         return body_max + FRAME_OVERHEAD if isinstance(body_max, int) and body_max > 0 else None
 

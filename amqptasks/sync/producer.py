@@ -37,7 +37,7 @@ from amqptasks.errors import (
 )
 from amqptasks.settings import Settings
 from amqptasks.sync.connection import connect_node
-from amqptasks.sync.direct import DirectSocket
+from amqptasks.sync.direct import DirectSocket, EncodedProperties
 from amqptasks.sync.results import Broken, Replies, SharedConnection
 
 IDLE_CHECK_AFTER = 1.0  # seconds idle after which a producer is polled for a close before use
@@ -65,7 +65,7 @@ class _Slot:
 
 
 def pika_properties(p: Properties) -> pika.BasicProperties:
-    return pika.BasicProperties(**p.client_fields())
+    return EncodedProperties(p)  # every header type, also where pika encodes the message
 
 
 class Producer(SharedConnection):

@@ -84,7 +84,7 @@ class SharedConnection:
         if self.broken is not None:
             raise self.broken
         # pika's timers (heartbeats) run only in its loop: take a turn of it at least every second.
-        if self.direct is not None and time.monotonic() - self._loop_turn < LOOP_TURN_EVERY:
+        if self.direct is not None and self.direct.active and time.monotonic() - self._loop_turn < LOOP_TURN_EVERY:
             try:
                 self.direct.wait(lambda: until() or self.broken is not None, min(deadline, self._loop_turn + LOOP_TURN_EVERY))
             except IO_ERRORS as exc:

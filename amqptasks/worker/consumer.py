@@ -117,8 +117,8 @@ class Consumer:
             consume_channel.close_callbacks.add(on_close)
             confirm_channel.close_callbacks.add(on_close)
             self._consume = cast(aiormq.Channel, await consume_channel.get_underlay_channel())
-            tap = connection.tap
-            acks = AckSender(self._consume, RECOVERABLE, write=tap.write)
+            tap = connection.tap  # None with AMQPTASKS_FAST_PATHS=0: aiormq's own consumer and acks
+            acks = AckSender(self._consume, RECOVERABLE, write=tap.write if tap else None)
             copies = CopyPublisher(await confirm_channel.get_underlay_channel(), self._targets, self.app.settings)
             self._handler.begin(acks, copies, lost)
             # Per-consumer prefetch (global=False): global QoS breaks quorum queues.
@@ -127,7 +127,8 @@ class Consumer:
             for queue in self.config.queues:
                 tag = f"amqptasks-{uuid.uuid4().hex}"
                 # Deliveries come straight off the socket (aio/tap.py); aiormq's callback is the same path.
-                tap.take(self._consume, tag, self._handler.taker_for(queue))
+                if tap is not None:
+                    tap.take(self._consume, tag, self._handler.taker_for(queue))
                 await self._consume.basic_consume(queue, self._handler.callback_for(queue), no_ack=False, consumer_tag=tag)
                 tags[tag] = queue
             log.info("%s ready: consuming from %s on %s", self.name, ", ".join(self.config.queues), self._node)

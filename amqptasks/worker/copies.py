@@ -38,7 +38,7 @@ def republished(
     """
     header_id = headers.get("id")
     message_id = wire.text(props.message_id) or (header_id if isinstance(header_id, str) and header_id else None)
-    return spec.Basic.Properties(
+    return wire.CopyProperties(
         content_type=wire.text(props.content_type),
         content_encoding=wire.text(props.content_encoding),
         delivery_mode=2,

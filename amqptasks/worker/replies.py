@@ -10,7 +10,8 @@ reply; the connection is opened again for the next one.
 A reply's frames are encoded by core/frames.py and written to the socket at once (aio/tap.py),
 behind anything aiormq has queued: an RPC caller waits for exactly this write, and aiormq's
 ``basic_publish`` (pamqp objects, a lock, a marshal per frame, a hop to its writer task) was a
-third of the worker's own time per round trip.
+third of the worker's own time per round trip. With ``AMQPTASKS_FAST_PATHS=0`` the connection has
+no tap and replies go through ``basic_publish``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiormq.abc import ChannelFrame
 
 from amqptasks.aio.connection import aconnect
+from amqptasks.aio.outbox import pamqp_properties
 from amqptasks.core.frames import FRAME_OVERHEAD, encode_publish
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ class ReplyPublisher:
         """Send one reply if that needs no waiting: True once it is written or queued (or lost,
         logged); False if it needs :meth:`publish` (no connection yet, or aiormq's queue is full)."""
         channel = self._channel
-        if channel is None or channel.is_closed:
+        if channel is None or channel.is_closed or self._tap is None:
             return False
         try:
             frames = self._frames(channel, reply_to, body, properties)
@@ -66,6 +68,13 @@ class ReplyPublisher:
             # Bounded: a publish on a connection the broker just closed can otherwise wait forever.
             async with asyncio.timeout(self._settings.confirm_timeout):
                 used, channel = await self._open()
+                if self._tap is None:  # AMQPTASKS_FAST_PATHS=0: aiormq's own publish, nothing else
+                    if len(reply_to.encode()) > 255:
+                        raise ValueError("reply_to is longer than 255 bytes")
+                    await channel.basic_publish(
+                        body, exchange="", routing_key=reply_to, properties=pamqp_properties(properties), mandatory=False
+                    )
+                    return
                 frames = self._frames(channel, reply_to, body, properties)
                 await channel.write_queue.put(ChannelFrame(payload=frames, should_close=False))
         except Exception as exc:  # whatever a reply does, it must not fail the task that produced it
@@ -90,7 +99,12 @@ class ReplyPublisher:
     async def _open(self) -> tuple[Any, Any]:
         async with self._opening:
             # A closing socket can come before aiormq marks the channel closed: not that one again.
-            if self._channel is None or self._channel.is_closed or self._connection.is_closed or self._tap.closing:
+            if (
+                self._channel is None
+                or self._channel.is_closed
+                or self._connection.is_closed
+                or (self._tap is not None and self._tap.closing)
+            ):
                 await self._drop(self._connection)
                 connection = await aconnect(self._settings, f"{self._name} replies pid={os.getpid()}")
                 channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()

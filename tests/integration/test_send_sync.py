@@ -29,6 +29,7 @@ from amqptasks import (
     Settings,
     UnroutableError,
 )
+from amqptasks.sync import direct as direct_module
 from tests.conftest import Broker
 
 ROUTING_TOPOLOGY = """\
@@ -373,8 +374,9 @@ def count_calls(owner: Any, name: str) -> list[int]:
     return calls
 
 
-def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str) -> None:
+def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Guards the fast path of a single send (sync/direct.py): a pika upgrade must not turn it off unnoticed."""
+    monkeypatch.setenv("AMQPTASKS_FAST_PATHS", "1")  # about the fast path: on whatever the run's setting
 
     @app.task(name=f"{unique}.add", queue=f"{unique}.plain", ignore_result=True)
     def add(x: int, y: int) -> int:
@@ -393,8 +395,12 @@ def test_confirms_are_read_straight_off_a_plaintext_socket(app: App, unique: str
     assert pika_reads[0] < 10, f"pika's reader parsed {pika_reads[0]} reads for 50 single sends (the acks are read directly)"
 
 
-def test_pikas_timers_run_while_direct_reads_keep_succeeding(app: App, unique: str) -> None:
+def test_pikas_timers_run_while_direct_reads_keep_succeeding(app: App, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Heartbeats are pika timers: a producer busy on the direct path must still give pika's loop a turn."""
+    monkeypatch.setenv("AMQPTASKS_FAST_PATHS", "1")  # about the fast path: on whatever the run's setting
+    # No turns by chance: a direct wait goes back to pika's loop after a quiet spell, which a busy
+    # machine makes common; the loop must get its turns from LOOP_TURN_EVERY alone.
+    monkeypatch.setattr(direct_module, "QUIET", 5.0)
 
     @app.task(name=f"{unique}.add", queue=f"{unique}.plain", ignore_result=True)
     def add(x: int, y: int) -> int:

@@ -8,10 +8,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiormq.connection
 import pika
 import pytest
 from aiormq.abc import ChannelFrame, DeliveredMessage
 
+from amqptasks import fastpaths
 from amqptasks.aio.connection import aconnect
 from amqptasks.aio.tap import DeliveryTap
 from amqptasks.core.frames import encode_ack
@@ -41,13 +43,40 @@ class Consuming:
                 await self.arrived.wait()
 
 
+def yield_between_taking_and_writing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mutant of aiormq's writer that the tap's direct writes must survive: its frame generator
+    awaits once between taking a frame off the write queue and handing it to the writer."""
+
+    async def anext_(self: Any) -> Any:
+        if self.close_event.is_set():
+            raise StopAsyncIteration
+        frame = await self.queue.get()
+        self.queue.task_done()
+        await asyncio.sleep(0)  # the mutation: the queue is empty, the frame not yet written
+        return frame
+
+    monkeypatch.setattr(aiormq.connection.FrameGenerator, "__anext__", anext_)
+
+
+@pytest.fixture(params=["as-released", "writer-yields"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """aiormq's writer as released, and the mutant (``yield_between_taking_and_writing``)."""
+    if request.param == "writer-yields":
+        yield_between_taking_and_writing(monkeypatch)
+    return str(request.param)
+
+
 @pytest.fixture
-async def consuming(broker_url: str, unique: str, cleanup: Any, request: pytest.FixtureRequest) -> AsyncIterator[Consuming]:
+async def consuming(
+    broker_url: str, unique: str, cleanup: Any, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Consuming]:
+    monkeypatch.setenv(fastpaths.ENV, "1")  # these tests are about the tap: on whatever the run's setting
     settings = Settings(broker_url=broker_url, heartbeat=1)
     connection = await aconnect(settings, f"test {request.node.nodeid}")
     try:
         channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
         await channel.queue_declare(cleanup.queue(f"{unique}.q"), durable=True)  # 4.3 refuses transient non-exclusive queues
+        assert connection.tap is not None
         yield Consuming(connection, channel, connection.tap)
     finally:
         await connection.close()
@@ -89,6 +118,9 @@ async def test_deliveries_are_handed_over_whole_and_acks_written_directly(
     assert consuming.taken[0].header.properties.headers == {"h": [1, "x"]}
     assert consuming.tap.deliveries == 3
     assert consuming.tap.write(encode_ack(consuming.channel.number, 3, multiple=True))
+    # A round trip behind the ack: a close right after it can reach the broker's channel first
+    # (seen once under load), and the unacked messages would be requeued.
+    await consuming.channel.basic_qos(prefetch_count=5)
     await consuming.connection.close()  # unacked messages would return to the queue now
     assert await asyncio.to_thread(queue_depth, broker_url, queue) == 0
 
@@ -110,18 +142,31 @@ async def test_a_consumer_not_taken_is_served_by_aiormq(consuming: Consuming, br
     assert via_aiormq == [b"plain"] and consuming.taken == [] and consuming.tap.deliveries == 0
 
 
-async def test_a_direct_write_goes_after_what_aiormq_has_queued(consuming: Consuming, broker_url: str, unique: str) -> None:
+async def test_a_direct_write_goes_after_what_aiormq_has_queued(
+    writer: str, consuming: Consuming, broker_url: str, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
     queue = f"{unique}.q"
-    await asyncio.to_thread(publish, broker_url, queue, [b"1", b"2"])
+    # Checked at connect: with the mutant the tap must not write directly (and says so).
+    assert consuming.tap.direct_writes is (writer == "as-released")
+    warned = any("does not write a frame in the step" in r.getMessage() for r in caplog.get_records("setup"))
+    assert warned is (writer == "writer-yields")
+    await asyncio.to_thread(publish, broker_url, queue, [b"1", b"2", b"3", b"4"])
     consuming.tap.take(consuming.channel, "tapped", consuming.take)
     await consuming.channel.basic_consume(queue, consuming.take, consumer_tag="tapped")
-    await consuming.wait_for(2)
+    await consuming.wait_for(4)
     number = consuming.channel.number
     # Queued for aiormq's writer first, then written "directly" in the same loop turn. Overtaking
     # would send the multiple ack of 2 before the ack of 1: tag 1 unknown, the channel closed.
     consuming.channel.write_queue.put_nowait(ChannelFrame(payload=encode_ack(number, 1), should_close=False))
     assert consuming.tap.write(encode_ack(number, 2, multiple=True))
-    await consuming.channel.basic_qos(prefetch_count=5)  # a round trip behind both acks
+    await consuming.channel.basic_qos(prefetch_count=5)  # a round trip: aiormq's writer is idle again
+    assert not consuming.channel.is_closed
+    # Again, once aiormq's writer has taken the ack of 3 off its queue (one loop turn): the
+    # mutant has not written it yet, and a direct write of the multiple ack of 4 would overtake it.
+    consuming.channel.write_queue.put_nowait(ChannelFrame(payload=encode_ack(number, 3), should_close=False))
+    await asyncio.sleep(0)
+    assert consuming.tap.write(encode_ack(number, 4, multiple=True))
+    await consuming.channel.basic_qos(prefetch_count=5)  # a round trip behind the acks
     assert not consuming.channel.is_closed
     await consuming.connection.close()
     assert await asyncio.to_thread(queue_depth, broker_url, queue) == 0

@@ -1,6 +1,10 @@
 import pytest
 
-from amqptasks.core.deadletter import bindings_label, dead_letter_target, with_implicit_queues
+from amqptasks.core.deadletter import (
+    bindings_label,
+    dead_letter_target,
+    with_implicit_queues,
+)
 from amqptasks.core.topology import Binding, Exchange, Queue, Topology
 
 
