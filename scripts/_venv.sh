@@ -7,7 +7,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT[dev]"
+  # eager: a changed pyproject.toml also brings the newest releases it allows
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade --upgrade-strategy eager -e "$ROOT[dev]"
   rm -f "$VENV"/.installed-* && touch "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"
