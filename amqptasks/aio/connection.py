@@ -118,7 +118,7 @@ async def _connect_one(settings: Settings, name: str, address: BrokerAddress) ->
         return connection
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise _Failed(address.refused_credentials(), exc, True) from None
-    except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+    except (TimeoutError, OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
         tls = find_tls_error(exc) if address.scheme == "amqps" else None
         if tls is not None:
             raise _Failed(address.tls_failed(tls), exc, True) from None

@@ -20,7 +20,7 @@ With ``AMQPTASKS_FAST_PATHS=0`` (amqptasks/fastpaths.py) each publish is aiormq'
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiormq.exceptions
@@ -41,7 +41,7 @@ def pamqp_properties(p: Properties) -> spec.Basic.Properties:
     type, also where pamqp encodes the message); pamqp encodes timestamps from datetimes only."""
     fields = p.client_fields()
     if p.timestamp is not None:
-        fields["timestamp"] = datetime.fromtimestamp(p.timestamp, tz=timezone.utc)
+        fields["timestamp"] = datetime.fromtimestamp(p.timestamp, tz=UTC)
     return wire.CopyProperties(**fields)
 
 

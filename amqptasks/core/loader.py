@@ -282,7 +282,7 @@ class _FileReader:
 
     def binding_list(self, node: Node, owner_path: str, destination: str, dest_type: str) -> None:
         path = f"{owner_path}.bindings"
-        if isinstance(node, ScalarNode) and self.scalar(node) is None or not self.tag_ok(node, path):
+        if (isinstance(node, ScalarNode) and self.scalar(node) is None) or not self.tag_ok(node, path):
             return
         if not isinstance(node, SequenceNode):
             self.issue(node, path, f"expected a list of bindings (- exchange: ...), got {self._kind(node)}")

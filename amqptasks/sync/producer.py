@@ -46,7 +46,7 @@ IDLE_CHECK_AFTER = 1.0  # seconds idle after which a producer is polled for a cl
 class Flight:
     """The messages of one publish call on one producer, until each is acked or nacked."""
 
-    __slots__ = ("remaining", "errors", "done")
+    __slots__ = ("done", "errors", "remaining")
 
     def __init__(self, count: int) -> None:
         self.remaining = count
@@ -55,7 +55,7 @@ class Flight:
 
 
 class _Slot:
-    __slots__ = ("flight", "index", "tag", "item")
+    __slots__ = ("flight", "index", "item", "tag")
 
     def __init__(self, flight: Flight, index: int, tag: int, item: Outgoing) -> None:
         self.flight = flight

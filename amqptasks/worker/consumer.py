@@ -69,7 +69,7 @@ class Consumer:
                     wait = self._after_failure(exc, delay)
                     try:
                         await asyncio.wait_for(self._stopping.wait(), timeout=wait)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     if not isinstance(exc, BrokerUnavailable):
                         delay = min(wait * 2, 5.0)

@@ -26,13 +26,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
-
-import report  # noqa: E402
-from common import RESULTS, URL, BenchError  # noqa: E402
-from scenarios import Params, Sample, measure  # noqa: E402
-from systems import IO_CEILING, SCENARIOS, System  # noqa: E402
+import report
+from common import RESULTS, URL, BenchError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from scenarios import Params, Sample, measure
+from systems import IO_CEILING, SCENARIOS, System
 
 console = Console()
 

@@ -448,7 +448,7 @@ def test_a_send_on_a_connection_closed_unnoticed_is_retried(broker: Broker, app:
     assert wait_count(channel, f"{unique}.plain", 2) == 2  # resent once: the lost publish was never confirmed
 
 
-def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(broker: Broker, 
+def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(broker: Broker,
     tmp_path: Path, unique: str, cleanup: Any, broker_url: str
 ) -> None:
     settings = Settings(broker_url=broker_url, reconnect_attempts=3, reconnect_delay=0.05)

@@ -8,7 +8,7 @@ import functools
 import itertools
 import random
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -54,7 +54,7 @@ def topic_matches(pattern: str, key: str) -> bool:
     return _compile(pattern).fullmatch("".join("." + word for word in key.split("."))) is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compile(pattern: str) -> re.Pattern[str]:
     parts = {"*": r"\.[^.]*", "#": r"(?:\.[^.]*)*"}
     return re.compile("".join(parts.get(word, r"\." + re.escape(word)) for word in pattern.split(".")))
@@ -619,7 +619,7 @@ def test_landing_for_the_same_destination_twice_merges_cleanly() -> None:
 
 # --- time arithmetic --------------------------------------------------------------------------
 
-NOW = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+NOW = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 NOW_MS = 1_893_553_445_124  # NOW in epoch ms, rounded up
 
 

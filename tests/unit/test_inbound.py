@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 
 import pamqp.frame
 from hypothesis import given, settings
@@ -176,7 +176,7 @@ def test_confirms_are_read_and_anything_else_is_left_alone() -> None:
 
 
 def test_replies_are_read_with_their_correlation_id_whatever_properties_come_before() -> None:
-    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, tzinfo=UTC)
     plain = message(3, b'{"r": 1}', correlation_id="id-1")
     full = message(
         3, b"body", tag=TAG, content_type="application/json", content_encoding="utf-8",
