@@ -160,7 +160,7 @@ class DeliveryHandler:
             except Exception as exc:  # handled in the task: on_message settles it
                 resume = exc
             if resume is not DONE:
-                loop.create_task(on_message(delivery, resume))  # the loop holds it until it is in _inflight
+                loop.create_task(on_message(delivery, resume))  # noqa: RUF006 - the loop holds it until it is in _inflight
 
         return take
 

@@ -599,13 +599,13 @@ def test_merge_keeps_identical_definitions_once_and_rejects_different_ones() -> 
 
 def test_user_topology_clashing_with_the_cascade_is_reported() -> None:
     user = Topology(queues={"amqptasks.delay.0": Queue("amqptasks.delay.0", origin=Origin("mine.yaml", 4))})
-    with pytest.raises(TopologyError, match="mine.yaml:4"):
+    with pytest.raises(TopologyError, match=r"mine\.yaml:4"):
         merge(delay_infrastructure(BIN_LEVELS, radix=BIN_RADIX), user)
 
 
 def test_user_topology_clashing_with_the_default_cascade_is_reported() -> None:
     user = Topology(queues={"amqptasks.delay.0.1": Queue("amqptasks.delay.0.1", origin=Origin("mine.yaml", 4))})
-    with pytest.raises(TopologyError, match="mine.yaml:4"):
+    with pytest.raises(TopologyError, match=r"mine\.yaml:4"):
         merge(delay_infrastructure(), user)
 
 

@@ -51,7 +51,7 @@ def other_frames(channel: int) -> bytes:
 def feed_in_pieces(router: FrameRouter, data: bytes, cuts: list[int]) -> list[Passed | Delivery]:
     out: list[Passed | Delivery] = []
     start = 0
-    for cut in sorted({c % (len(data) + 1) for c in cuts}) + [len(data)]:
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
         out += router.feed(data[start:cut])
         start = cut
     return out
