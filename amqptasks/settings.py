@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, QUEUE_TYPES
@@ -281,8 +282,10 @@ class Settings:
         return _masked_repr(self)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.broker_url, str):  # Settings(broker_url=[...]): keep one spelling
-            object.__setattr__(self, "broker_url", URL_SEPARATOR.join(split_broker_urls(self.broker_url)))
+        # The field is a str once made, but Settings(broker_url=[...]) is accepted: keep one spelling.
+        given = cast("str | Sequence[str]", self.broker_url)
+        if not isinstance(given, str):
+            object.__setattr__(self, "broker_url", URL_SEPARATOR.join(split_broker_urls(given)))
         split_broker_urls(self.broker_url)  # reject a bad URL (or list) when the settings are made
         for name in ("connect_timeout", "confirm_timeout", "reconnect_delay"):
             if getattr(self, name) <= 0:
@@ -368,7 +371,9 @@ class Settings:
             confirm_timeout=_env_float(env, "AMQPTASKS_CONFIRM_TIMEOUT", cls.confirm_timeout),
             delay_prefix=env.get("AMQPTASKS_DELAY_PREFIX") or DELAY_EXCHANGE_PREFIX,
             delay_queue_type=env.get("AMQPTASKS_DELAY_QUEUE_TYPE") or LEVEL_QUEUE_TYPE,
-            **{name: _env_path(env, variable) for name, variable in TLS_ENV.items()},
+            tls_ca_file=_env_path(env, TLS_ENV["tls_ca_file"]),
+            tls_cert_file=_env_path(env, TLS_ENV["tls_cert_file"]),
+            tls_key_file=_env_path(env, TLS_ENV["tls_key_file"]),
         )
 
     def with_broker(self, broker_url: str | Sequence[str]) -> Settings:

@@ -65,11 +65,12 @@ class Outbox:
         if channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel} is closed")
         if not self._fast:
-            return asyncio.ensure_future(
+            published: asyncio.Future[Any] = asyncio.ensure_future(
                 channel.basic_publish(
                     body, exchange=exchange, routing_key=routing_key, properties=pamqp_properties(properties), mandatory=True
                 )
             )
+            return published
         data = encode_publish(channel.number, exchange, routing_key, body, properties, self._frame_max)
         if data is None:  # a header value core/frames.py leaves to pamqp (or that pamqp refuses: raised here)
             data = self._pamqp_frames(body, exchange, routing_key, properties)
