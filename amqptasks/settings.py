@@ -8,11 +8,14 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote, urlsplit
 
 from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, QUEUE_TYPES
 from amqptasks.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 #: Several broker addresses (the nodes of one cluster) in one setting: Celery's separator.
@@ -158,11 +161,11 @@ def find_tls_error(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _masked_repr(obj: object) -> str:
+def _masked_repr(obj: DataclassInstance) -> str:
     # Reprs reach logs, tracebacks (pytest, rich and Sentry print locals) and debuggers: URL fields
     # show with the password masked.
     parts = []
-    for f in fields(obj):  # type: ignore[arg-type]
+    for f in fields(obj):
         value = getattr(obj, f.name)
         parts.append(f"{f.name}={mask_url(value)!r}" if f.name in _URL_FIELDS and isinstance(value, str) else f"{f.name}={value!r}")
     return f"{type(obj).__name__}({', '.join(parts)})"

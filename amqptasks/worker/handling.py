@@ -402,8 +402,9 @@ class DeliveryHandler:
             await delivery.channel.basic_reject(tag_of(delivery), requeue=requeue)
         except RECOVERABLE:
             return  # the channel is gone: the broker requeues it anyway
-        if not self._stale(delivery):
-            self._acks.settled_on_wire(tag_of(delivery))  # type: ignore[union-attr]
+        acks = self._acks
+        if acks is not None and not self._stale(delivery):  # (not stale implies acks is not None)
+            acks.settled_on_wire(tag_of(delivery))
 
 
 def tag_of(delivery: aiormq.abc.DeliveredMessage) -> int:
