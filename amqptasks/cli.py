@@ -81,7 +81,7 @@ def main_options(
 # `cli.add_typer(dlq_app, name="dlq")`; keep them thin and reuse _exit_codes().
 
 
-class ExportFormat(str, enum.Enum):
+class ExportFormat(enum.StrEnum):
     """What ``topology export`` writes."""
 
     definitions = "definitions"

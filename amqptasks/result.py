@@ -74,7 +74,7 @@ class AsyncResult:
         if source is not None:
             try:
                 source.forget(self.id)
-            except Exception:  # noqa: BLE001, S110  (never raise from __del__: interpreter shutdown, dead loop)
+            except Exception:  # never raise from __del__: interpreter shutdown, dead loop
                 pass
 
     def _bind(self, source: ResultSource) -> None:

@@ -8,10 +8,14 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
+from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote, urlsplit
 
 from amqptasks.core.delays import DELAY_EXCHANGE_PREFIX, LEVEL_QUEUE_TYPE, QUEUE_TYPES
 from amqptasks.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 #: Several broker addresses (the nodes of one cluster) in one setting: Celery's separator.
@@ -157,11 +161,11 @@ def find_tls_error(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-def _masked_repr(obj: object) -> str:
+def _masked_repr(obj: DataclassInstance) -> str:
     # Reprs reach logs, tracebacks (pytest, rich and Sentry print locals) and debuggers: URL fields
     # show with the password masked.
     parts = []
-    for f in fields(obj):  # type: ignore[arg-type]
+    for f in fields(obj):
         value = getattr(obj, f.name)
         parts.append(f"{f.name}={mask_url(value)!r}" if f.name in _URL_FIELDS and isinstance(value, str) else f"{f.name}={value!r}")
     return f"{type(obj).__name__}({', '.join(parts)})"
@@ -281,8 +285,10 @@ class Settings:
         return _masked_repr(self)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.broker_url, str):  # Settings(broker_url=[...]): keep one spelling
-            object.__setattr__(self, "broker_url", URL_SEPARATOR.join(split_broker_urls(self.broker_url)))
+        # The field is a str once made, but Settings(broker_url=[...]) is accepted: keep one spelling.
+        given = cast("str | Sequence[str]", self.broker_url)
+        if not isinstance(given, str):
+            object.__setattr__(self, "broker_url", URL_SEPARATOR.join(split_broker_urls(given)))
         split_broker_urls(self.broker_url)  # reject a bad URL (or list) when the settings are made
         for name in ("connect_timeout", "confirm_timeout", "reconnect_delay"):
             if getattr(self, name) <= 0:
@@ -368,7 +374,9 @@ class Settings:
             confirm_timeout=_env_float(env, "AMQPTASKS_CONFIRM_TIMEOUT", cls.confirm_timeout),
             delay_prefix=env.get("AMQPTASKS_DELAY_PREFIX") or DELAY_EXCHANGE_PREFIX,
             delay_queue_type=env.get("AMQPTASKS_DELAY_QUEUE_TYPE") or LEVEL_QUEUE_TYPE,
-            **{name: _env_path(env, variable) for name, variable in TLS_ENV.items()},
+            tls_ca_file=_env_path(env, TLS_ENV["tls_ca_file"]),
+            tls_cert_file=_env_path(env, TLS_ENV["tls_cert_file"]),
+            tls_key_file=_env_path(env, TLS_ENV["tls_key_file"]),
         )
 
     def with_broker(self, broker_url: str | Sequence[str]) -> Settings:

@@ -39,7 +39,7 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amqptasks import App  # noqa: E402
+from amqptasks import App
 
 BODY = b'{"args":[1,2],"kwargs":{}}'
 PROPS = pika.BasicProperties(delivery_mode=2, content_type="application/json")

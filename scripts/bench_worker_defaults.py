@@ -89,7 +89,8 @@ def main() -> int:
             for threads, prefetch in PAIRS:
                 rates[(threads, prefetch)].append(run_once(workdir, queue, threads, prefetch, options.count, options.broker))
         for (threads, prefetch), values in rates.items():
-            print(f"threads {threads:>3}  prefetch {prefetch:>4}: {statistics.median(values):8,.0f} tasks/s  ({', '.join(f'{v:,.0f}' for v in values)})")
+            each = ", ".join(f"{v:,.0f}" for v in values)
+            print(f"threads {threads:>3}  prefetch {prefetch:>4}: {statistics.median(values):8,.0f} tasks/s  ({each})")
     finally:
         import defaults_tasks
 

@@ -54,7 +54,7 @@ def main() -> int:
         cwd=workdir, env=env, start_new_session=True,
     )
     sys.path.insert(0, str(workdir))
-    import precision_tasks  # noqa: E402  (generated above)
+    import precision_tasks  # generated above
 
     try:
         time.sleep(3)  # the worker declares its queue and starts consuming

@@ -36,10 +36,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pika  # noqa: E402
+import pika
 
-from amqptasks.core import delays  # noqa: E402
-from amqptasks.core.topology import Topology  # noqa: E402
+from amqptasks.core import delays
+from amqptasks.core.topology import Topology
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 MGMT = "http://127.0.0.1:15672"
@@ -129,12 +129,12 @@ class Collector(threading.Thread):
             while not self.stop.is_set():
                 connection.process_data_events(time_limit=0.05)
             connection.close()
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             self.error = exc
             self.ready.set()
 
     def _on_message(self, queue: str):
-        def callback(channel, method, properties, body) -> None:  # noqa: ANN001
+        def callback(channel, method, properties, body) -> None:
             now_us = time.time_ns() // 1000
             headers = properties.headers or {}
             record = {

@@ -133,7 +133,7 @@ def _docker_answers() -> bool:
 
         docker.from_env(timeout=2).ping()
         return True
-    except Exception:  # noqa: BLE001 - any failure means "no Docker engine"
+    except Exception:  # any failure means "no Docker engine"
         return False
 
 

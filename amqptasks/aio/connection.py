@@ -25,8 +25,10 @@ class PlainConnection(aio_pika.Connection):
     """aio-pika's connection as it is, knowing the node it reached: ``AMQPTASKS_FAST_PATHS=0``
     connections are this (amqptasks/fastpaths.py), tapped ones a :class:`TappedConnection`."""
 
-    #: No tap: deliveries, acks and replies all go through aiormq's public API.
-    tap: DeliveryTap | None = None
+    @property
+    def tap(self) -> DeliveryTap | None:
+        """None: no tap; deliveries, acks and replies all go through aiormq's public API."""
+        return None
     address: BrokerAddress | None = None  # the node it reached (set by aconnect)
 
     def describe_node(self) -> str:
@@ -54,7 +56,7 @@ class TappedConnection(PlainConnection):
         self._tap_factory = TapFactory()
         self.kwargs["transport_factory"] = self._tap_factory  # passed on to aiormq's Connection
 
-    @property  # type: ignore[override]
+    @property
     def tap(self) -> DeliveryTap | None:
         """The connection's tap, bound to its aiormq connection."""
         tap = self._tap_factory.tap
@@ -118,7 +120,7 @@ async def _connect_one(settings: Settings, name: str, address: BrokerAddress) ->
         return connection
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise _Failed(address.refused_credentials(), exc, True) from None
-    except (OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+    except (TimeoutError, OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
         tls = find_tls_error(exc) if address.scheme == "amqps" else None
         if tls is not None:
             raise _Failed(address.tls_failed(tls), exc, True) from None

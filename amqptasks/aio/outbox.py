@@ -20,7 +20,7 @@ With ``AMQPTASKS_FAST_PATHS=0`` (amqptasks/fastpaths.py) each publish is aiormq'
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiormq.exceptions
@@ -41,7 +41,7 @@ def pamqp_properties(p: Properties) -> spec.Basic.Properties:
     type, also where pamqp encodes the message); pamqp encodes timestamps from datetimes only."""
     fields = p.client_fields()
     if p.timestamp is not None:
-        fields["timestamp"] = datetime.fromtimestamp(p.timestamp, tz=timezone.utc)
+        fields["timestamp"] = datetime.fromtimestamp(p.timestamp, tz=UTC)
     return wire.CopyProperties(**fields)
 
 
@@ -65,11 +65,12 @@ class Outbox:
         if channel.is_closed:
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel} is closed")
         if not self._fast:
-            return asyncio.ensure_future(
+            published: asyncio.Future[Any] = asyncio.ensure_future(
                 channel.basic_publish(
                     body, exchange=exchange, routing_key=routing_key, properties=pamqp_properties(properties), mandatory=True
                 )
             )
+            return published
         data = encode_publish(channel.number, exchange, routing_key, body, properties, self._frame_max)
         if data is None:  # a header value core/frames.py leaves to pamqp (or that pamqp refuses: raised here)
             data = self._pamqp_frames(body, exchange, routing_key, properties)

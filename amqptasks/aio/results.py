@@ -85,7 +85,7 @@ class AsyncReplies:
         try:
             # shield: a timed-out aget() must not cancel the future another aget() may await.
             return await asyncio.wait_for(asyncio.shield(waiter), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ResultTimeout(f"no result for task {task_id} within {timeout} s; is a worker consuming its queue?") from None
 
     def wait(self, task_id: str, timeout: float | None) -> Outcome:

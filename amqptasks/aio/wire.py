@@ -55,7 +55,7 @@ def content_header(frame: bytes | memoryview) -> ContentHeader:
     if not PAMQP_3:
         try:
             header = pamqp.frame.unmarshal(bytes(frame))[2]
-        except Exception:  # noqa: BLE001 - anything pamqp refuses goes to our lenient decoder
+        except Exception:  # anything pamqp refuses goes to our lenient decoder
             header = None
         if isinstance(header, ContentHeader):
             return header

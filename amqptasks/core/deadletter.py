@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from amqptasks.core.delays import UNROUTABLE_SUFFIX
@@ -161,7 +161,7 @@ def _death_time_ms(headers: Mapping[str, Any]) -> int | None:
     when = latest.get("time") if latest is not None else None
     if isinstance(when, int) and not isinstance(when, bool):
         return when * 1000  # AMQP timestamps are seconds
-    if hasattr(when, "timestamp"):  # pika decodes them to datetime (naive UTC)
+    if isinstance(when, datetime):  # pika decodes them to datetime (naive UTC)
         stamp = when.replace(tzinfo=when.tzinfo or _UTC).timestamp()
         return int(stamp * 1000)
     return None

@@ -193,7 +193,8 @@ def entry_exchange(levels: int = LEVELS, prefix: str = DELAY_EXCHANGE_PREFIX) ->
 
 def max_delay_ms(levels: int = LEVELS, radix: int = RADIX) -> int:
     """The largest delay the cascade can express, inclusive: ``radix**levels - 1`` ms."""
-    return _check_radix(radix) ** _check_levels(levels) - 1
+    largest: int = _check_radix(radix) ** _check_levels(levels) - 1  # int ** int is typed Any (a negative power is a float)
+    return largest
 
 
 def destination_id(exchange: str, routing_key: str) -> str:

@@ -6,7 +6,7 @@ for other languages; keep the two in step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,7 +107,7 @@ class TaskMessage:
     extra_headers: Mapping[str, Any] = field(default_factory=dict)
 
 
-def encode_body(args: tuple[Any, ...] | list[Any], kwargs: Mapping[str, Any] | None, task: str = "task") -> bytes:
+def encode_body(args: Sequence[Any], kwargs: Mapping[str, Any] | None, task: str = "task") -> bytes:
     """``{"args": [...], "kwargs": {...}}`` as strict JSON (core/jsonvalues.py: tuples become
     arrays, nothing else changes). Raises :class:`NotJson` (a TypeError) naming the task, the
     argument's path and the fix: ``add: args[1]['when']: datetime is not JSON; send .isoformat() ...``."""
@@ -126,7 +126,7 @@ def encode_task(message: TaskMessage, *, timestamp: int | None = None) -> tuple[
 def encode_new_task(
     task_id: str,
     task: str,
-    args: tuple[Any, ...] | list[Any],
+    args: Sequence[Any],
     kwargs: Mapping[str, Any] | None,
     *,
     reply_to: str | None,

@@ -20,7 +20,7 @@ import calendar
 import struct
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -126,7 +126,7 @@ def _field_value(value: Any) -> bytes:
     if isinstance(value, Mapping):
         return b"F" + _table(value)
     if isinstance(value, datetime):  # seconds since the epoch; a naive datetime is taken as UTC
-        aware = value if value.utcoffset() is not None else value.replace(tzinfo=timezone.utc)
+        aware = value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
         return b"T" + _UINT64.pack(int(aware.timestamp()))
     if isinstance(value, Decimal) and value.is_finite():
         exponent = value.as_tuple().exponent

@@ -151,7 +151,7 @@ class FrameRouter:
                 self.passthrough = True
                 break
             taken = self._take_frame(buffer, pos, end, kind, channel)
-            if self.passthrough:  # this frame broke the rules: it and the rest go on as they are
+            if taken is False:  # this frame broke the rules (passthrough is set): it and the rest go on as they are
                 break
             if taken is not None:
                 if passed_from < pos:
@@ -170,7 +170,8 @@ class FrameRouter:
         return out
 
     def _take_frame(self, buffer: bytearray, start: int, end: int, kind: int, channel: int) -> Delivery | bool | None:
-        """None: pass this frame on. True: taken, delivery not complete yet. A Delivery: completed."""
+        """None: pass this frame on. True: taken, delivery not complete yet. A Delivery: completed.
+        False: a protocol violation; ``passthrough`` is now set."""
         partial = self._partial.get(channel)
         if partial is not None:
             # Content frames follow their method on the same channel, never interleaved with others on it.
@@ -183,7 +184,7 @@ class FrameRouter:
                 partial.received += len(payload)
             else:  # a protocol violation (never from a broker): stop taking anything, guess nothing
                 self.passthrough = True
-                return None
+                return False
             if partial.size >= 0 and partial.received >= partial.size:
                 del self._partial[channel]
                 body = partial.parts[0] if len(partial.parts) == 1 else b"".join(partial.parts)

@@ -8,7 +8,7 @@ which ``safe_load`` silently collapses to the last one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -225,8 +225,9 @@ class _FileReader:
         if top is None:
             return
         sections = self.known_keys(top, "", TOP_KEYS)
-        readers = {"exchanges": partial(self.entity, "exchange"), "queues": partial(self.entity, "queue"),
-                   "routes": self.route}
+        readers: dict[str, Callable[[str, Node, Node], None]] = {
+            "exchanges": partial(self.entity, "exchange"), "queues": partial(self.entity, "queue"), "routes": self.route,
+        }
         for section, (_, section_node) in sections.items():
             body = self.mapping(section_node, section, allow_null=True)
             if body is None:
@@ -282,7 +283,7 @@ class _FileReader:
 
     def binding_list(self, node: Node, owner_path: str, destination: str, dest_type: str) -> None:
         path = f"{owner_path}.bindings"
-        if isinstance(node, ScalarNode) and self.scalar(node) is None or not self.tag_ok(node, path):
+        if (isinstance(node, ScalarNode) and self.scalar(node) is None) or not self.tag_ok(node, path):
             return
         if not isinstance(node, SequenceNode):
             self.issue(node, path, f"expected a list of bindings (- exchange: ...), got {self._kind(node)}")

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from amqptasks.core.topology import Binding, Exchange, Queue, Route, Topology
 from amqptasks.errors import TopologyIssue
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class TopologyFile(Protocol):
@@ -18,8 +21,8 @@ class TopologyFile(Protocol):
     bindings: list[tuple[Binding, str]]
 
 
-def _differing(a: object, b: object) -> str:
-    differing = (f.name for f in fields(a) if f.compare and getattr(a, f.name) != getattr(b, f.name))  # type: ignore[arg-type]
+def _differing(a: DataclassInstance, b: DataclassInstance) -> str:
+    differing = (f.name for f in fields(a) if f.compare and getattr(a, f.name) != getattr(b, f.name))
     return ", ".join(differing)
 
 

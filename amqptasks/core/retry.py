@@ -163,15 +163,16 @@ def decide_for_task(options: TaskOptions, *, retries: int, error: BaseException 
     """:func:`decide` with a task's own settings; ``error`` is what the run raised."""
     if error is None:
         return DeadLetter("task failed without an exception")
-    explicit = isinstance(error, TaskRetry)
-    cause = error.exc if explicit and error.exc is not None else error
+    retry = error if isinstance(error, TaskRetry) else None
+    explicit = retry is not None
+    cause = retry.exc if retry is not None and retry.exc is not None else error
     return decide(
         retries=retries,
         max_retries=options.max_retries,
         exc=cause,
         autoretry_for=options.autoretry_for,
         explicit_retry=explicit,
-        countdown=error.countdown if explicit else None,
+        countdown=retry.countdown if retry is not None else None,
         backoff=options.retry_backoff,
         backoff_max=options.retry_backoff_max,
         jitter=options.retry_jitter,

@@ -7,12 +7,12 @@ delay cascade can hold (``core/delays.py``).
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from amqptasks.core.delays import LEVELS, RADIX, max_delay_ms
 from amqptasks.errors import ConfigurationError
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _AWARE_HINT = "use an aware datetime, e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
 
 

@@ -223,7 +223,9 @@ def _check_quorum(out: _Collector, path: str, queue: Queue) -> None:
 
 
 def _check_dead_letter(out: _Collector, topology: Topology, path: str, queue: Queue, references: bool) -> None:
-    dlx, key = queue.dead_letter_exchange, queue.dead_letter_routing_key
+    # Typed str | None, but a YAML file (or a hand-built Queue) can put anything there: checked as objects.
+    dlx: object = queue.dead_letter_exchange
+    key: object = queue.dead_letter_routing_key
     where = f"{path}.dead_letter"
     if dlx is not None and not isinstance(dlx, str):
         out.add(f"{where}.exchange", queue.origin, f"dead_letter.exchange must be a string, got {describe(dlx)}")
@@ -271,9 +273,10 @@ def _check_binding(out: _Collector, topology: Topology, binding: Binding, refere
         out.add(path, origin,
                 f'destination_type must be "queue" or "exchange", got {describe(binding.destination_type)}')
         return
-    if not isinstance(binding.routing_key, str):
+    routing_key: object = binding.routing_key  # typed str; a YAML file can put anything there
+    if not isinstance(routing_key, str):
         out.add(f"{path}.routing_key", origin,
-                f"routing_key must be a string, got {describe(binding.routing_key)}: quote it")
+                f"routing_key must be a string, got {describe(routing_key)}: quote it")
     _check_arguments(out, f"{path}.arguments", binding.arguments, origin)
     source = binding.source
     if source == DEFAULT_EXCHANGE:
@@ -325,6 +328,6 @@ def _check_route(out: _Collector, topology: Topology, route: Route, references: 
         out.add(f"{path}.exchange", origin,
                 f'route target exchange "{exchange}" is not declared{suggest(str(exchange), topology.exchanges)}: '
                 "declare it under exchanges:")
-    elif exchange in topology.exchanges and topology.exchanges[exchange].internal:
+    elif exchange is not None and exchange in topology.exchanges and topology.exchanges[exchange].internal:
         out.add(f"{path}.exchange", origin,
                 f'exchange "{exchange}" is internal, so nothing can publish to it: route to another exchange')

@@ -36,6 +36,7 @@ from amqptasks import fastpaths
 from amqptasks.core.envelope import Properties
 from amqptasks.core.frames import FRAME_OVERHEAD, encode_properties
 from amqptasks.core.inbound import Ack, read_confirms_and_replies
+from amqptasks.sync._pika_internals import connection_impl
 
 QUIET = 0.05  # seconds without a byte after which the wait goes back to pika's loop
 PEEK_BYTES = 4096  # looked at before deciding who reads: an ack is 21 bytes, a small reply ~200
@@ -62,7 +63,7 @@ class DirectSocket:
     """Installs the joined (and, in plaintext, immediate) write; :meth:`wait` reads directly."""
 
     def __init__(self, connection: pika.BlockingConnection) -> None:
-        self._impl: Any = connection._impl
+        self._impl: Any = connection_impl(connection)
         #: The fast paths are in use on this connection (AMQPTASKS_FAST_PATHS, read once here).
         self.active = fastpaths.enabled()
         transport: Any = getattr(self._impl, "_transport", None) if self.active else None

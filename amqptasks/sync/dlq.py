@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple, cast
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 
 from amqptasks.core.deadletter import (
     DeadLetterInfo,
@@ -26,10 +28,31 @@ class ReplayReport:
     left: list[tuple[DeadLetterInfo, str]] = field(default_factory=list)
 
 
+class _Got(NamedTuple):
+    tag: int
+    properties: pika.BasicProperties
+    body: bytes
+
+
+def _get(channel: BlockingChannel, queue: str) -> _Got | None:
+    """``basic_get`` without auto-ack, typed: types-pika declares the body ``str`` (pika gives bytes)
+    and the delivery tag optional (a Basic.GetOk always carries one)."""
+    method, properties, body = channel.basic_get(queue, auto_ack=False)
+    if method is None or properties is None:
+        return None
+    assert method.delivery_tag is not None  # pika decodes every field of a Basic.GetOk
+    return _Got(method.delivery_tag, properties, cast(bytes, body))
+
+
+def _count(message_count: int | None) -> int:
+    assert message_count is not None  # pika decodes every field of a DeclareOk / PurgeOk
+    return int(message_count)
+
+
 def _message_count(connection: pika.BlockingConnection, queue: str) -> int:
     channel = connection.channel()
     try:
-        return int(channel.queue_declare(queue, passive=True).method.message_count)
+        return _count(channel.queue_declare(queue, passive=True).method.message_count)
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code == 404:
             raise ConfigurationError(f"queue {queue!r} does not exist; check the name (amqptasks topology plan)") from None
@@ -46,12 +69,12 @@ def list_dead(settings: Settings, queue: str, limit: int) -> tuple[int, list[Dea
     try:
         total = _message_count(connection, queue)
         channel = connection.channel()
-        found = []
+        found: list[DeadLetterInfo] = []
         while len(found) < limit:
-            method, properties, _body = channel.basic_get(queue, auto_ack=False)
-            if method is None:
+            got = _get(channel, queue)
+            if got is None:
                 break
-            found.append(describe_dead_letter(properties.headers, properties.message_id, queue=queue))
+            found.append(describe_dead_letter(got.properties.headers, got.properties.message_id, queue=queue))
         return total, found
     finally:
         connection.close()
@@ -78,9 +101,10 @@ def replay(
         sink.confirm_delivery()
         seen = 0
         while seen < total and len(report.replayed) < wanted:
-            method, properties, body = source.basic_get(queue, auto_ack=False)
-            if method is None:
+            got = _get(source, queue)
+            if got is None:
                 break
+            tag, properties, body = got
             seen += 1
             info = describe_dead_letter(properties.headers, properties.message_id, queue=queue)
             if task is not None and info.task != task:
@@ -97,7 +121,7 @@ def replay(
                 continue
             except pika.exceptions.NackError:
                 raise AmqpTasksError(f"the broker refused a replayed message ({info.task_id}); nothing was lost") from None
-            source.basic_ack(method.delivery_tag)
+            source.basic_ack(tag)
             report.replayed.append(info)
             if progress is not None:
                 progress(len(report.replayed), wanted)
@@ -111,6 +135,6 @@ def purge(settings: Settings, queue: str) -> int:
     connection = connect(settings, f"amqptasks dlq purge {queue}")
     try:
         _message_count(connection, queue)
-        return int(connection.channel().queue_purge(queue).method.message_count)
+        return _count(connection.channel().queue_purge(queue).method.message_count)
     finally:
         connection.close()

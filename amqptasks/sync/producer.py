@@ -36,6 +36,7 @@ from amqptasks.errors import (
     UnroutableError,
 )
 from amqptasks.settings import Settings
+from amqptasks.sync._pika_internals import channel_impl
 from amqptasks.sync.connection import connect_node
 from amqptasks.sync.direct import DirectSocket, EncodedProperties
 from amqptasks.sync.results import Broken, Replies, SharedConnection
@@ -46,7 +47,7 @@ IDLE_CHECK_AFTER = 1.0  # seconds idle after which a producer is polled for a cl
 class Flight:
     """The messages of one publish call on one producer, until each is acked or nacked."""
 
-    __slots__ = ("remaining", "errors", "done")
+    __slots__ = ("done", "errors", "remaining")
 
     def __init__(self, count: int) -> None:
         self.remaining = count
@@ -55,7 +56,7 @@ class Flight:
 
 
 class _Slot:
-    __slots__ = ("flight", "index", "tag", "item")
+    __slots__ = ("flight", "index", "item", "tag")
 
     def __init__(self, flight: Flight, index: int, tag: int, item: Outgoing) -> None:
         self.flight = flight
@@ -76,7 +77,7 @@ class Producer(SharedConnection):
 
         connection, self.address = connect_node(settings, name, ring)  # the node it is on (failover)
         super().__init__(settings, connection)
-        self.direct = DirectSocket(self.connection)
+        self.direct = self._direct = DirectSocket(self.connection)  # _direct: typed as never None here
         self._tag = 0
         self._low = 1  # lowest delivery tag that may still be unconfirmed
         self._by_tag: dict[int, _Slot] = {}
@@ -88,7 +89,7 @@ class Producer(SharedConnection):
         try:
             provision(self.connection, topology)
             self.channel = self.connection.channel()
-            self.channel_impl: Any = self.channel._impl  # the callback-level channel: pipelined confirms
+            self.channel_impl = channel_impl(self.channel)  # the callback-level channel: pipelined confirms
             selected = self.signal()
             self.channel_impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected)
             if not self.pump(selected.is_set, time.monotonic() + settings.confirm_timeout):
@@ -176,7 +177,7 @@ class Producer(SharedConnection):
             if checks:
                 self._run_checks(checks)
             channel = self.channel_impl
-            frame_max = self.direct.frame_max
+            frame_max = self._direct.frame_max
             for index, item in enumerate(items):
                 if item.wants_result:
                     self.replies.expect(item.task_id)
@@ -191,7 +192,7 @@ class Producer(SharedConnection):
                         channel.channel_number, destination.exchange, destination.routing_key, item.body, item.properties, frame_max
                     )
                 if data is not None:
-                    self.direct.send(data)
+                    self._direct.send(data)
                 else:
                     properties = pika_properties(item.properties)
                     channel.basic_publish(destination.exchange, destination.routing_key, item.body, properties, mandatory=True)

@@ -25,6 +25,7 @@ from amqptasks.core.envelope import DIRECT_REPLY_TO, Outcome, decode_result
 from amqptasks.errors import ResultTimeout
 from amqptasks.result import ResultUnavailable
 from amqptasks.settings import Settings
+from amqptasks.sync._pika_internals import call_later, flush_output, remove_timeout
 from amqptasks.sync.direct import DirectSocket
 
 PUMP_SLICE = 0.25  # seconds a get() holds the connection before checking whether to let go
@@ -96,17 +97,16 @@ class SharedConnection:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        impl = self.connection._impl
         expired = _Flag()
-        timer = impl._adapter_call_later(remaining, expired)
+        timer = call_later(self.connection, remaining, expired)
         self._loop_turn = time.monotonic()
         try:
-            self.connection._flush_output(expired.is_set, until, self._is_broken)
+            flush_output(self.connection, expired.is_set, until, self._is_broken)
         except IO_ERRORS as exc:
             raise self._break(exc, retryable=True) from None
         finally:
             if not expired.is_set():
-                impl._adapter_remove_timeout(timer)
+                remove_timeout(self.connection, timer)
         if self.broken is not None:
             raise self.broken
         return until()

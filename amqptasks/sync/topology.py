@@ -42,6 +42,7 @@ from amqptasks.core.topology import Topology
 from amqptasks.errors import AmqpTasksError, BrokerUnavailable, TopologyConflict
 from amqptasks.management import ManagementEndpoint, observe_endpoint
 from amqptasks.settings import Settings
+from amqptasks.sync._pika_internals import connection_impl, connection_params, process_data_events
 from amqptasks.sync.connection import connect
 
 __all__ = ["ApplyResult", "apply", "observe_or_probe", "plan", "provision"]
@@ -127,7 +128,7 @@ def provision(connection: BlockingConnection, topology: Topology, *, management_
 
 def management_endpoint(connection: BlockingConnection, management_url: str | None = None) -> ManagementEndpoint | None:
     """The management API of the broker and vhost ``connection`` is connected to, with its user."""
-    params = connection._impl.params  # pika exposes the connection's parameters only here
+    params = connection_params(connection)  # pika exposes the connection's parameters only on _impl
     credentials = params.credentials
     return ManagementEndpoint.for_broker(
         scheme="amqps" if params.ssl_options is not None else "amqp",
@@ -179,7 +180,7 @@ def _run_steps(
     """
     if not steps:
         return {}
-    impl = connection._impl  # the asynchronous connection under BlockingConnection
+    impl = connection_impl(connection)  # the asynchronous connection under BlockingConnection
     lanes = _Lanes(deque(steps), refusals_expected)
 
     def wake() -> None:
@@ -242,7 +243,7 @@ def _wait(connection: BlockingConnection, lanes: _Lanes, timeout: float) -> None
     try:
         while lanes.open_lanes > 0 and lanes.fatal is None:
             # Returns early when a lane wakes it; the limit only bounds the stall check.
-            connection.process_data_events(time_limit=0.25)
+            process_data_events(connection, time_limit=0.25)
             if len(lanes.outcomes) != answered:
                 answered, last_progress = len(lanes.outcomes), time.monotonic()
             elif time.monotonic() - last_progress > timeout:
@@ -257,6 +258,6 @@ def _wait(connection: BlockingConnection, lanes: _Lanes, timeout: float) -> None
 
 
 def _lost(connection: BlockingConnection, exc: BaseException) -> str:
-    params = connection._impl.params
+    params = connection_params(connection)
     return (f"lost the connection to the broker at {params.host}:{params.port} while declaring the topology "
             f"({type(exc).__name__}); what was declared before remains - run the apply again")

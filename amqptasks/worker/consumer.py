@@ -69,7 +69,7 @@ class Consumer:
                     wait = self._after_failure(exc, delay)
                     try:
                         await asyncio.wait_for(self._stopping.wait(), timeout=wait)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     if not isinstance(exc, BrokerUnavailable):
                         delay = min(wait * 2, 5.0)
@@ -143,8 +143,9 @@ class Consumer:
                     waiter.cancel()
             if lost in done:
                 raise ConnectionError(f"connection or channel closed: {brief(lost.result())}")
-            if burst_wait is not None and burst_wait.done() and burst_wait.exception() is not None:
-                raise burst_wait.exception()  # type: ignore[misc]  # not "drained": reconnect and go on
+            burst_error = burst_wait.exception() if burst_wait is not None and burst_wait.done() else None
+            if burst_error is not None:
+                raise burst_error  # not "drained": reconnect and go on
             if cancelled in done and not self._stopping.is_set():
                 # Start over on a new connection: provisioning declares the queue again if it is gone.
                 raise ConnectionError(f"the broker cancelled the consumer of {cancelled.result()} (queue deleted?)")

@@ -69,13 +69,15 @@ class CopyPublisher:
     ) -> None:
         """Publish a copy with the reason, confirmed, BEFORE the original is acked."""
         props = delivery.header.properties
+        method = delivery.delivery
+        assert not isinstance(method, spec.Basic.GetEmpty)  # a delivery, never an empty basic.get
         raw_headers: Mapping[str, Any] = props.headers if isinstance(props.headers, Mapping) else {}
         headers = dead_letter_headers(
             raw_headers,
             reason=reason,
             queue=queue,
-            exchange=delivery.delivery.exchange or "",
-            routing_key=delivery.delivery.routing_key or "",
+            exchange=method.exchange or "",
+            routing_key=method.routing_key or "",
             now_ms=int(time.time() * 1000),
             exc_type=exc[0],
             exc_message=exc[1],

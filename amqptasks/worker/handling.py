@@ -137,7 +137,7 @@ class DeliveryHandler:
                 # Unsettled: end this session (if it is still the delivery's); closing the connection
                 # returns the message to the queue. Never leave it holding a prefetch slot.
                 self._end_session(delivery, f"could not settle a delivery: {brief(exc)}")
-            except Exception as exc:  # noqa: BLE001  (a bug of ours must not leave the message unsettled)
+            except Exception as exc:  # a bug of ours must not leave the message unsettled
                 await self._settle_after_internal_error(delivery, queue, exc)
             finally:
                 self.inflight.discard(task)
@@ -157,10 +157,10 @@ class DeliveryHandler:
         def take(delivery: aiormq.abc.DeliveredMessage) -> None:
             try:
                 resume = self._handle_now(delivery, queue)
-            except Exception as exc:  # noqa: BLE001  (handled in the task: on_message settles it)
+            except Exception as exc:  # handled in the task: on_message settles it
                 resume = exc
             if resume is not DONE:
-                loop.create_task(on_message(delivery, resume))  # the loop holds it until it is in _inflight
+                loop.create_task(on_message(delivery, resume))  # noqa: RUF006 - the loop holds it until it is in _inflight
 
         return take
 
@@ -370,7 +370,7 @@ class DeliveryHandler:
             self._ack(delivery)
         except RECOVERABLE as again:  # the channel, not the message: it comes back after a reconnect
             self._end_session(delivery, f"could not dead-letter after an internal error: {brief(again)}")
-        except Exception as again:  # noqa: BLE001  (last resort: reject, never leave it unsettled)
+        except Exception as again:  # last resort: reject, never leave it unsettled
             log.error("could not dead-letter it either (%s); rejecting it without requeue", brief(again))
             await self._reject(delivery, requeue=False)
 
@@ -402,8 +402,9 @@ class DeliveryHandler:
             await delivery.channel.basic_reject(tag_of(delivery), requeue=requeue)
         except RECOVERABLE:
             return  # the channel is gone: the broker requeues it anyway
-        if not self._stale(delivery):
-            self._acks.settled_on_wire(tag_of(delivery))  # type: ignore[union-attr]
+        acks = self._acks
+        if acks is not None and not self._stale(delivery):  # (not stale implies acks is not None)
+            acks.settled_on_wire(tag_of(delivery))
 
 
 def tag_of(delivery: aiormq.abc.DeliveredMessage) -> int:

@@ -57,8 +57,9 @@ def load_app(reference: str, cwd: Path) -> App:
             raise ConfigurationError(f"{module_name}:{attr} is not an amqptasks App")
         return app
     apps = [value for value in vars(module).values() if isinstance(value, App)]
-    if isinstance(getattr(module, "app", None), App):
-        return module.app  # type: ignore[no-any-return]
+    named_app = getattr(module, "app", None)
+    if isinstance(named_app, App):
+        return named_app
     if len(apps) == 1:
         return apps[0]
     if not apps:

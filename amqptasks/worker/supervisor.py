@@ -70,7 +70,7 @@ def fork_consumer(run: Callable[[], int]) -> int:
             signal.signal(signum, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, GROUP_SIGNALS)
         code = run()
-    except BaseException:  # noqa: BLE001 - whatever it was, say it and exit non-zero
+    except BaseException:  # whatever it was, say it and exit non-zero
         traceback.print_exc()
     finally:
         for stream in (sys.stdout, sys.stderr):

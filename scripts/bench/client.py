@@ -301,6 +301,7 @@ def delay(system: str, count: int, low: float, high: float) -> dict[str, Any]:
     countdowns = [rng.uniform(low, high) for _ in range(count)]
     if system == "at":
         import bench_amqptasks as m
+
         from amqptasks.errors import ConfigurationError
 
         try:

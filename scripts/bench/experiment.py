@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, BenchError, median  # noqa: E402
-from scenarios import Params, measure  # noqa: E402
-from systems import System  # noqa: E402
+from common import REPO, BenchError, median
+from scenarios import Params, measure
+from systems import System
 
 
 def export(revision: str, into: Path) -> Path:

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from common import BIN, PYTHON, BENCH_DIR, REPO, TASKS_DIR, BenchError, Worker, wait_depth
+from common import BENCH_DIR, BIN, PYTHON, REPO, TASKS_DIR, BenchError, Worker, wait_depth
 from scenarios import Params, Run
 from systems import System, worker_command
 

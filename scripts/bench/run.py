@@ -26,13 +26,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
-
-import report  # noqa: E402
-from common import RESULTS, URL, BenchError  # noqa: E402
-from scenarios import Params, Sample, measure  # noqa: E402
-from systems import IO_CEILING, SCENARIOS, System  # noqa: E402
+import report
+from common import RESULTS, URL, BenchError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from scenarios import Params, Sample, measure
+from systems import IO_CEILING, SCENARIOS, System
 
 console = Console()
 
@@ -126,7 +125,9 @@ def run_suite(scenarios: list[str], repeats: int, params: Params, only: set[str]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS) + " (empty: none, e.g. with --profile)")
+    parser.add_argument(
+        "--scenarios", default=",".join(SCENARIOS), help="comma-separated: " + ",".join(SCENARIOS) + " (empty: none, e.g. with --profile)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="measured repeats (default 3, --quick 2)")
     parser.add_argument("--systems", default="", help="only these system keys (debugging)")
     parser.add_argument("--profile", action="store_true", help="also profile the amqptasks worker and producers")

@@ -175,7 +175,7 @@ def produce(tasks: ModuleType, sends: Sends, stop: threading.Event) -> None:
             tasks.work.apply_async(args=(n,), task_id=task_id)
         except AmqpTasksError as exc:
             sends.raised[task_id] = f"{type(exc).__name__}: {exc}"
-        except BaseException as exc:  # noqa: BLE001 - a bug: recorded and failed on in the test body
+        except BaseException as exc:  # a bug: recorded and failed on in the test body
             sends.unexpected.append(exc)
             return
         else:
@@ -206,7 +206,7 @@ def produce_async(tasks: ModuleType, sends: Sends, stop: threading.Event, ended_
                     sends.confirmed.append(task_id)
                 finally:
                     sends.slowest = max(sends.slowest, time.monotonic() - start)
-        except BaseException as exc:  # noqa: BLE001 - a bug: recorded and failed on in the test body
+        except BaseException as exc:  # a bug: recorded and failed on in the test body
             sends.unexpected.append(exc)
         finally:
             ended_on.extend(p.address.where for p in tasks.app._async._producers.values())

@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 
 from tests.faults.ledger import read_done, record, tally, wait_complete
 from tests.faults.raw import DIRECT_REPLY_TO, raw_publisher
-from tests.faults.scenario import (  # noqa: F401
+from tests.faults.scenario import (
     Workdir,
     child_pids,
     imported,

@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import Broker
 from tests.faults.raw import DIRECT_REPLY_TO, raw_publisher
-from tests.faults.scenario import Workdir, imported, make_module, stop_worker, workdir  # noqa: F401
+from tests.faults.scenario import Workdir, imported, make_module, stop_worker, workdir
 from tests.integration.workerproc import WorkerProcess, drain, queue_counts, wait_for
 
 PACKAGE = Path(__file__).resolve().parents[2] / "amqptasks"

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from tests.faults.ledger import record, tally, wait_complete
-from tests.faults.scenario import (  # noqa: F401
+from tests.faults.scenario import (
     Workdir,
     child_pids,
     imported,

@@ -47,7 +47,7 @@ def fast_paths_off(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_switch_reads_its_values_and_names_a_bad_one() -> None:
     assert fastpaths.enabled({}) and fastpaths.enabled({fastpaths.ENV: "1"})
     assert not fastpaths.enabled({fastpaths.ENV: "0"}) and not fastpaths.enabled({fastpaths.ENV: "off"})
-    with pytest.raises(fastpaths.ConfigurationError, match="AMQPTASKS_FAST_PATHS='maybe'.*set it to 1"):
+    with pytest.raises(fastpaths.ConfigurationError, match=r"AMQPTASKS_FAST_PATHS='maybe'.*set it to 1"):
         fastpaths.enabled({fastpaths.ENV: "maybe"})
 
 

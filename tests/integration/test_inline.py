@@ -13,7 +13,7 @@ import pytest
 
 from amqptasks import fastpaths
 from amqptasks.worker.inline import PROMOTE_AFTER
-from tests.integration.test_worker import close_app, import_tasks, workdir  # noqa: F401  (a fixture)
+from tests.integration.test_worker import close_app, import_tasks, workdir  # a fixture
 from tests.integration.workerproc import running_worker, wait_for, write_app
 
 TASKS = """
@@ -59,7 +59,7 @@ def on_a_thread(name: str) -> bool:
 
 @pytest.mark.timeout(60)
 def test_an_instant_task_moves_to_the_loop_and_back_to_threads_once_it_blocks(
-    workdir: tuple[Path, str], broker_url: str  # noqa: F811
+    workdir: tuple[Path, str], broker_url: str
 ) -> None:
     directory, queue = workdir
     write_app(directory, "wk_inline", queue, f"QUEUE = {queue!r}\n" + TASKS)
@@ -97,7 +97,7 @@ def test_an_instant_task_moves_to_the_loop_and_back_to_threads_once_it_blocks(
 
 
 @pytest.mark.timeout(60)
-def test_no_inline_keeps_every_call_on_a_thread(workdir: tuple[Path, str], broker_url: str) -> None:  # noqa: F811
+def test_no_inline_keeps_every_call_on_a_thread(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     write_app(directory, "wk_no_inline", queue, f"QUEUE = {queue!r}\n" + TASKS)
     with running_worker(directory, broker_url, "wk_no_inline", queue, "--no-inline"):
@@ -110,7 +110,7 @@ def test_no_inline_keeps_every_call_on_a_thread(workdir: tuple[Path, str], broke
 
 
 @pytest.mark.timeout(120)
-def test_a_plain_task_never_sees_a_running_loop_by_default(workdir: tuple[Path, str], broker_url: str) -> None:  # noqa: F811
+def test_a_plain_task_never_sees_a_running_loop_by_default(workdir: tuple[Path, str], broker_url: str) -> None:
     """Many instant calls in a row (old code moved such a task onto the loop after 32 of them)."""
     directory, queue = workdir
     write_app(directory, "wk_plain", queue, f"QUEUE = {queue!r}\n" + TASKS)

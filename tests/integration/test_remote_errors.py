@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from amqptasks.errors import TaskError
-from tests.integration.test_worker import close_app, import_tasks, workdir  # noqa: F401  (a fixture)
+from tests.integration.test_worker import close_app, import_tasks, workdir  # a fixture
 from tests.integration.workerproc import running_worker, write_app
 
 TASKS = """
@@ -31,7 +31,7 @@ def declined():
 
 
 @pytest.mark.timeout(90)
-def test_task_exceptions_are_caught_by_their_own_type(workdir: tuple[Path, str], broker_url: str) -> None:  # noqa: F811
+def test_task_exceptions_are_caught_by_their_own_type(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     write_app(directory, "wk_exc", queue, f"QUEUE = {queue!r}\n" + TASKS)
     with running_worker(directory, broker_url, "wk_exc", queue):
@@ -84,7 +84,7 @@ def test_task_exceptions_are_caught_by_their_own_type(workdir: tuple[Path, str],
             close_app(tasks)
 
 
-def test_a_send_with_wrong_arguments_names_the_task(workdir: tuple[Path, str], broker_url: str) -> None:  # noqa: F811
+def test_a_send_with_wrong_arguments_names_the_task(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
     write_app(directory, "wk_args", queue, f"QUEUE = {queue!r}\n" + TASKS)
     tasks = import_tasks(directory, "wk_args")

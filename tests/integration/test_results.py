@@ -182,7 +182,12 @@ def test_a_send_is_not_held_up_by_a_get_waiting_on_the_same_connection(app: App,
     with Responder(broker_url, unique) as responder:
         add.delay(0, 0).get(timeout=5)  # one producer, open
         waiting = silent.delay()
-        reader = threading.Thread(target=lambda: pytest.raises(ResultTimeout, waiting.get, timeout=4))
+
+        def read() -> None:
+            with pytest.raises(ResultTimeout):
+                waiting.get(timeout=4)
+
+        reader = threading.Thread(target=read)
         reader.start()
         time.sleep(0.2)  # the reader now pumps the only connection; no reply will wake it
         took = []

@@ -215,7 +215,7 @@ async def test_a_confirm_that_does_not_come_raises_publish_timeout(app: App, uni
 
     monkeypatch.setattr(producer._outbox, "publish", never_confirmed)
     start = time.monotonic()
-    with pytest.raises(PublishTimeout, match="not confirmed within 0.4 s"):
+    with pytest.raises(PublishTimeout, match=r"not confirmed within 0\.4 s"):
         await t.adelay()
     assert 0.4 <= time.monotonic() - start < 1.5
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]  # the watchdog's cancel was absorbed

@@ -253,7 +253,8 @@ def test_unroutable_raises_within_a_second(app: App, unique: str) -> None:
     @app.task(name=f"{unique}.lost", exchange=f"{unique}.direct", routing_key="nobody")
     def lost() -> None: ...
 
-    pytest.raises(UnroutableError, lost.delay)  # connect and provision outside the timing
+    with pytest.raises(UnroutableError):  # connect and provision outside the timing
+        lost.delay()
     start = time.monotonic()
     with pytest.raises(UnroutableError) as caught:
         lost.delay()
@@ -429,7 +430,7 @@ def test_the_next_send_after_the_connection_was_closed_succeeds(broker: Broker, 
     add.delay(2, 2)
     assert app._sync is not None and app._sync._state.opened == 2  # a new connection, not a hang
     assert wait_count(channel, f"{unique}.plain", 2) == 2
-    with pytest.raises(ResultUnavailable, match="connection .* is gone"):  # its reply channel died
+    with pytest.raises(ResultUnavailable, match=r"connection .* is gone"):  # its reply channel died
         first.get(timeout=5)
 
 
@@ -448,7 +449,7 @@ def test_a_send_on_a_connection_closed_unnoticed_is_retried(broker: Broker, app:
     assert wait_count(channel, f"{unique}.plain", 2) == 2  # resent once: the lost publish was never confirmed
 
 
-def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(broker: Broker, 
+def test_a_broker_that_stays_away_fails_the_send_after_bounded_retries(broker: Broker,
     tmp_path: Path, unique: str, cleanup: Any, broker_url: str
 ) -> None:
     settings = Settings(broker_url=broker_url, reconnect_attempts=3, reconnect_delay=0.05)
@@ -502,7 +503,7 @@ def test_a_confirm_that_does_not_come_raises_publish_timeout(app: App, unique: s
     producer.settings = replace(producer.settings, confirm_timeout=0.3)
     producer._settle = lambda tag, ack: None  # type: ignore[method-assign]  # acks "never arrive"
     start = time.monotonic()
-    with pytest.raises(PublishTimeout, match="not confirmed within 0.3 s"):
+    with pytest.raises(PublishTimeout, match=r"not confirmed within 0\.3 s"):
         t.delay()
     assert 0.3 <= time.monotonic() - start < 1.0
     del producer._settle

@@ -144,7 +144,10 @@ def test_poison_is_dead_lettered_and_good_tasks_complete(workdir: tuple[Path, st
     """200 malformed messages interleaved with 1,000 good ones."""
     directory, queue = workdir
     apply_topology(broker_url, make_tasks(directory, queue, "wk_poison"))
-    good_body = lambda n: orjson.dumps({"args": [n], "kwargs": {}})
+
+    def good_body(n: int) -> bytes:
+        return orjson.dumps({"args": [n], "kwargs": {}})
+
     kinds = [
         (b"{not json", {"task": "wk_poison.mark", "id": "x"}, "not valid JSON"),
         (good_body(1), {"task": "wk_poison.nope", "id": "x"}, "unknown task"),
@@ -254,7 +257,7 @@ def test_worker_resumes_after_its_connections_are_closed(broker: Broker, workdir
         assert wait_for(lambda: queue_counts(broker_url, queue)[1] == 1, 10)
         resumed_in = time.monotonic() - cut_at
         assert resumed_in < 5, resumed_in
-        assert wait_for(lambda: len({l for l in done_lines(directory)}) == 5000, 60)
+        assert wait_for(lambda: len({line for line in done_lines(directory)}) == 5000, 60)
     assert {int(line) for line in done_lines(directory)} == set(range(5000))
 
 

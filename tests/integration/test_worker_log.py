@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from amqptasks.errors import TaskError
-from tests.integration.test_worker import close_app, import_tasks, workdir  # noqa: F401  (a fixture)
+from tests.integration.test_worker import close_app, import_tasks, workdir  # a fixture
 from tests.integration.workerproc import running_worker, wait_for, write_app
 
 TASKS = """
@@ -42,7 +42,7 @@ def _run(directory: Path, broker_url: str, queue: str, module: str, send) -> str
 
 
 @pytest.mark.timeout(60)
-def test_a_result_json_cannot_carry_is_logged_as_a_failure(workdir: tuple[Path, str], broker_url: str) -> None:  # noqa: F811
+def test_a_result_json_cannot_carry_is_logged_as_a_failure(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
 
     def send(tasks) -> None:  # type: ignore[no-untyped-def]
@@ -61,7 +61,7 @@ def test_a_result_json_cannot_carry_is_logged_as_a_failure(workdir: tuple[Path, 
 
 
 @pytest.mark.timeout(60)
-def test_a_failure_is_logged_with_its_traceback(workdir: tuple[Path, str], broker_url: str) -> None:  # noqa: F811
+def test_a_failure_is_logged_with_its_traceback(workdir: tuple[Path, str], broker_url: str) -> None:
     directory, queue = workdir
 
     def send(tasks) -> None:  # type: ignore[no-untyped-def]

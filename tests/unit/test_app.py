@@ -201,7 +201,7 @@ def test_default_topology_is_built_in_loaded_lazily_and_cached(app: App) -> None
 
 
 def test_missing_topology_file_fails_when_the_app_is_made(tmp_path: Path) -> None:
-    with pytest.raises(TopologyError, match="nope.yaml.*file not found"):
+    with pytest.raises(TopologyError, match=r"nope\.yaml.*file not found"):
         App("x", topology=str(tmp_path / "nope.yaml"))
 
 

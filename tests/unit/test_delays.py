@@ -8,7 +8,7 @@ import functools
 import itertools
 import random
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -54,7 +54,7 @@ def topic_matches(pattern: str, key: str) -> bool:
     return _compile(pattern).fullmatch("".join("." + word for word in key.split("."))) is not None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compile(pattern: str) -> re.Pattern[str]:
     parts = {"*": r"\.[^.]*", "#": r"(?:\.[^.]*)*"}
     return re.compile("".join(parts.get(word, r"\." + re.escape(word)) for word in pattern.split(".")))
@@ -599,13 +599,13 @@ def test_merge_keeps_identical_definitions_once_and_rejects_different_ones() -> 
 
 def test_user_topology_clashing_with_the_cascade_is_reported() -> None:
     user = Topology(queues={"amqptasks.delay.0": Queue("amqptasks.delay.0", origin=Origin("mine.yaml", 4))})
-    with pytest.raises(TopologyError, match="mine.yaml:4"):
+    with pytest.raises(TopologyError, match=r"mine\.yaml:4"):
         merge(delay_infrastructure(BIN_LEVELS, radix=BIN_RADIX), user)
 
 
 def test_user_topology_clashing_with_the_default_cascade_is_reported() -> None:
     user = Topology(queues={"amqptasks.delay.0.1": Queue("amqptasks.delay.0.1", origin=Origin("mine.yaml", 4))})
-    with pytest.raises(TopologyError, match="mine.yaml:4"):
+    with pytest.raises(TopologyError, match=r"mine\.yaml:4"):
         merge(delay_infrastructure(), user)
 
 
@@ -619,7 +619,7 @@ def test_landing_for_the_same_destination_twice_merges_cleanly() -> None:
 
 # --- time arithmetic --------------------------------------------------------------------------
 
-NOW = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=timezone.utc)
+NOW = datetime(2030, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 NOW_MS = 1_893_553_445_124  # NOW in epoch ms, rounded up
 
 

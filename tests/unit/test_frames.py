@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import enum
 import struct
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -113,7 +113,7 @@ def test_values_it_does_not_write_are_left_to_the_client_library() -> None:
 
 
 def test_what_a_header_value_cannot_carry_is_named() -> None:
-    assert header_value_problem({"a": [1, 2.5, None, b"x", {"b": True}, datetime.now(timezone.utc), Decimal("-1.25")]}) is None
+    assert header_value_problem({"a": [1, 2.5, None, b"x", {"b": True}, datetime.now(UTC), Decimal("-1.25")]}) is None
     assert header_value_problem({1, 2}) == "a set value"
     assert header_value_problem([1, {"x": Decimal("1E-300")}]).startswith("the decimal 1E-300 has no AMQP form")
     assert header_value_problem(2**64) == "the integer 18446744073709551616 does not fit in 64 bits"
@@ -131,7 +131,7 @@ def test_tuples_enums_mappings_datetimes_and_decimals_travel_as_their_amqp_types
     class Size(enum.IntEnum):
         BIG = 3
 
-    when = datetime(2026, 11, 25, 4, 5, 6, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 25, 4, 5, 6, tzinfo=UTC)
     headers = {
         "t": (1, "a"), "c": Colour.RED, "s": Size.BIG, "m": collections.OrderedDict(a=1), "when": when,
         "naive": when.replace(tzinfo=None), "price": Decimal("12.50"), "whole": Decimal(7), "gm": when.utctimetuple(),

@@ -44,7 +44,7 @@ async def test_calls_that_block_run_side_by_side_even_after_quick_ones() -> None
     for warm_up in (0, 50):  # unknown durations first; then known to be quick, until they block
         barrier = threading.Barrier(6, timeout=5)
 
-        def call(arg: int) -> int:
+        def call(arg: int, barrier: threading.Barrier = barrier) -> int:
             if arg >= 0:
                 barrier.wait()  # passes only when all six run at once
             return arg

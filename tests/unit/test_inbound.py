@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 
 import pamqp.frame
 from hypothesis import given, settings
@@ -51,7 +51,7 @@ def other_frames(channel: int) -> bytes:
 def feed_in_pieces(router: FrameRouter, data: bytes, cuts: list[int]) -> list[Passed | Delivery]:
     out: list[Passed | Delivery] = []
     start = 0
-    for cut in sorted({c % (len(data) + 1) for c in cuts}) + [len(data)]:
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
         out += router.feed(data[start:cut])
         start = cut
     return out
@@ -176,7 +176,7 @@ def test_confirms_are_read_and_anything_else_is_left_alone() -> None:
 
 
 def test_replies_are_read_with_their_correlation_id_whatever_properties_come_before() -> None:
-    when = datetime(2026, 1, 2, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, tzinfo=UTC)
     plain = message(3, b'{"r": 1}', correlation_id="id-1")
     full = message(
         3, b"body", tag=TAG, content_type="application/json", content_encoding="utf-8",

@@ -48,7 +48,8 @@ def test_a_timestamp_out_of_range_decodes_to_none() -> None:
 
 
 def test_negative_decimals_decode_signed() -> None:
-    frame = header_frame(HEADERS, table((b"d", b"D\x02" + struct.pack(">i", -505)), (b"a", b"A" + struct.pack(">I", 6) + b"D\x00" + struct.pack(">i", -1))))
+    minus_one = b"D\x00" + struct.pack(">i", -1)
+    frame = header_frame(HEADERS, table((b"d", b"D\x02" + struct.pack(">i", -505)), (b"a", b"A" + struct.pack(">I", 6) + minus_one)))
     assert wire.content_header(frame).properties.headers == {"d": Decimal("-5.05"), "a": [Decimal(-1)]}
 
 
