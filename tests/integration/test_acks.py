@@ -54,7 +54,7 @@ async def test_deliveries_finished_above_a_running_one_are_acked_in_the_same_tur
 ) -> None:
     queue = cleanup.queue(f"{unique}.q")
     channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
-    await channel.queue_declare(queue)
+    await channel.queue_declare(queue, durable=True)  # 4.3 refuses transient non-exclusive queues
     await asyncio.to_thread(publish, broker_url, queue, 8)
     taken: list[DeliveredMessage] = []
     arrived = asyncio.Event()

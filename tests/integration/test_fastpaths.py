@@ -128,7 +128,7 @@ async def test_a_plain_aio_pika_connection_beside_ours_encodes_and_decodes_as_st
     plain = await aio_pika.connect(broker_url)
     try:
         channel = await plain.channel()
-        await channel.declare_queue(queue, auto_delete=False)
+        await channel.declare_queue(queue, durable=True)  # 4.3 refuses transient non-exclusive queues
         # Encoding: stock pamqp writes a float header as 32 bits (ours writes doubles).
         await channel.default_exchange.publish(aio_pika.Message(b"x", headers={"f": 0.1}), routing_key=queue)
         message = await (await channel.get_queue(queue, ensure=False)).get(no_ack=True, timeout=5)
