@@ -174,20 +174,39 @@ def _masked_repr(obj: DataclassInstance) -> str:
 _URL_FIELDS = frozenset({"url", "broker_url"})
 
 
-# scheme://user:password@ -> scheme://user:***@, wherever it appears (a list, a comma-joined pair,
-# an error text). Over-masking a malformed string is fine; showing a password is not.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:@/\s;,]*):[^@\s]*@")
+# Where a URL starts inside a setting or a text: a ';', ',' or space, then ``scheme://``.
+_URL_START = re.compile(r"(?<=[;,\s])(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def mask_url(url: str) -> str:
-    """Replace every password in ``url`` (one URL or several, ';'-joined) with ``***``;
-    leave anything unparsable fully masked."""
+    """Replace every password in ``url`` (one URL, several joined with ';', or a text holding some)
+    with ``***``; a piece that does not parse is fully masked. The host is what follows the *last*
+    '@' of the authority, so a password holding '@', ',' or a space is masked whole."""
+    return "".join(_mask_one(piece) for piece in _URL_START.split(url))
+
+
+def _mask_one(piece: str) -> str:
     try:
-        for item in url.split(URL_SEPARATOR):
-            urlsplit(item)
+        netloc = urlsplit(piece).netloc
     except ValueError:
         return "***"
-    return _USERINFO.sub(r"\1:***@", url)
+    userinfo, at, hostport = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return piece  # no password in it
+    return piece.replace(netloc, f"{userinfo.split(':', 1)[0]}:***@{hostport}", 1)
+
+
+def _split_setting(value: str) -> list[str]:
+    """';'-joined URLs; a ';' not followed by ``scheme://`` belongs to the URL before it (RFC 3986
+    allows it in a password or a path)."""
+    items: list[str] = []
+    for piece in value.split(URL_SEPARATOR):
+        if items and piece.strip() and not _SCHEME.match(piece.strip()):
+            items[-1] += URL_SEPARATOR + piece
+        else:
+            items.append(piece)
+    return items
 
 
 def _joiner(rest: str) -> str:
@@ -204,7 +223,7 @@ def split_broker_urls(value: str | Sequence[str]) -> tuple[str, ...]:
     its position and the (masked) item.
     """
     if isinstance(value, str):
-        items = [item.strip() for item in value.split(URL_SEPARATOR)]
+        items = [item.strip() for item in _split_setting(value)]
         if len(items) > 1 and items[-1] == "":
             items.pop()  # a trailing ';' is harmless
     else:

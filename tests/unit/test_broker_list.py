@@ -90,3 +90,23 @@ def test_mask_url_masks_every_password_in_any_text() -> None:
     no_password(mask_url(f"{A},{B}"))
     no_password(mask_url(f"{A};{B};{C}"))
     assert mask_url("amqp://node1/%2F;amqp://guest@node2/") == "amqp://node1/%2F;amqp://guest@node2/"
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("amqp://user:p@ss@host/%2F", "@ss"),  # '@' in the password: the host follows the last one
+        ("amqp://user:pa ss@host/", "pa ss"),
+        ("amqp://us,er:secret@h/", "secret"),
+        ("amqp://a:first@h1/%2F,amqp://b:second@h2/%2F", "second"),  # a ','-joined pair, both masked
+    ],
+)
+def test_every_password_is_masked_whatever_it_holds(url: str, secret: str) -> None:
+    masked = mask_url(url)
+    assert secret not in masked and "***" in masked, masked
+
+
+def test_a_semicolon_inside_a_password_is_part_of_the_url_not_a_separator() -> None:
+    settings = Settings(broker_url="amqp://user:se;cret@host/%2F;amqp://u2:pw;2@h2/%2F")
+    assert [a.host for a in settings.addresses] == ["host", "h2"]
+    assert "se;cret" not in repr(settings) and "cret" not in repr(settings) and "pw;2" not in repr(settings)
