@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback as tb
 from collections.abc import Mapping
@@ -65,6 +66,11 @@ class Prepared:
     message: TaskMessage
     call_args: tuple[Any, ...]
 
+    @property
+    def wants_reply(self) -> bool:
+        """A caller waits for this task's outcome: it has a ``reply_to`` and the task does not ignore results."""
+        return bool(self.message.reply_to) and not self.task.options.ignore_result
+
 
 def prepare(app: App, message: TaskMessage, *, redelivered: bool, queue: str) -> Prepared:
     """Find the task and fit the arguments, or raise :class:`PoisonMessage` saying why not."""
@@ -114,6 +120,7 @@ class Attempt:
     outcome: Outcome
     error: BaseException | None = None
     seconds: float = 0.0  # how long a plain function ran (where it ran decides where it runs next)
+    returned: bool = False  # it returned, but its result was refused (strict JSON): never retried
 
 
 def _failed(task_id: str, exc: BaseException, seconds: float = 0.0) -> Attempt:
@@ -123,16 +130,16 @@ def _failed(task_id: str, exc: BaseException, seconds: float = 0.0) -> Attempt:
 
 
 def _succeeded(prepared: Prepared, value: Any, seconds: float = 0.0) -> Attempt:
-    """A task's return value as its outcome. When a caller waits for it (``reply_to``), a value it
+    """A task's return value as its outcome. When a caller waits for it (:attr:`Prepared.wants_reply`), a value it
     would receive changed (NaN, a datetime) fails the task; with nobody to receive it, nothing is
     changed and nothing is checked."""
     message = prepared.message
-    if message.reply_to is None:
+    if not prepared.wants_reply:
         return Attempt(Outcome(message.id, STATUS_SUCCESS, value=value), None, seconds)
     try:
         return Attempt(checked_success(message.id, message.task, value), None, seconds)
     except NotJson as exc:
-        return _failed(message.id, exc, seconds)
+        return dataclasses.replace(_failed(message.id, exc, seconds), returned=True)
 
 
 def run_sync(prepared: Prepared) -> Attempt:

@@ -59,7 +59,7 @@ class Decoded:
 
     @property
     def wants_reply(self) -> bool:
-        return bool(self.reply_to) and not self.prepared.task.options.ignore_result
+        return self.prepared.wants_reply
 
 
 @dataclass(slots=True)
@@ -275,7 +275,9 @@ class DeliveryHandler:
         prepared, outcome = ran.decoded.prepared, ran.outcome
         message = prepared.message
         decision: Retry | DeadLetter
-        if ran.attempt.outcome.successful:  # it returned, but JSON cannot carry the result: no retry
+        if ran.attempt.outcome.successful or ran.attempt.returned:
+            # It ran and returned; only its result cannot reach the caller: running it again would
+            # repeat its side effects for the same refusal.
             decision = DeadLetter(f"{outcome.exc_type}: {outcome.exc_message}")
         else:
             decision = decide_for_task(prepared.task.options, retries=message.retries, error=ran.attempt.error)

@@ -4,6 +4,7 @@ worker (strict JSON; tuples arrive as lists, the one documented conversion)."""
 from __future__ import annotations
 
 import datetime
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,12 @@ def nan():
 @app.task(queue=QUEUE)
 def when():
     return {"at": datetime.datetime(2030, 1, 2, tzinfo=datetime.timezone.utc)}
+
+@app.task(queue=QUEUE, autoretry_for=(Exception,), max_retries=3, default_retry_delay=0.05)
+def when_counted(path):
+    with open(path, "a") as runs:  # one line per run
+        runs.write("ran\\n")
+    return datetime.date(2030, 1, 2)
 """
 
 
@@ -67,6 +74,12 @@ def test_values_round_trip_or_are_refused_never_changed(workdir: tuple[Path, str
             with pytest.raises(TaskError) as caught:
                 tasks.when.delay().get(timeout=20)
             assert "values_app.when: result['at']: datetime is not JSON" in str(caught.value)
+            # a refused result is not a reason to run the task again, whatever autoretry_for says
+            runs = directory / "runs.txt"
+            with pytest.raises(TaskError, match="date is not JSON"):
+                tasks.when_counted.delay(str(runs)).get(timeout=20)
+            time.sleep(0.5)  # a retry would have run by now (retry delay 0.05 s)
+            assert runs.read_text().count("ran") == 1
         finally:
             close_app(tasks)
     assert queue_counts(broker_url, queue)[0] == 0
