@@ -113,10 +113,14 @@ async def _connect_one(settings: Settings, name: str, address: BrokerAddress) ->
             timeout=settings.connect_timeout + 1,
         )
         assert isinstance(connection, PlainConnection)
-        tap = connection.tap
-        if tap is not None and connection.transport is not None:
-            # Direct writes only once aiormq's writer is seen to keep the order they rely on.
-            await tap.check_writer_order(connection.transport.connection)
+        try:
+            tap = connection.tap
+            if tap is not None and connection.transport is not None:
+                # Direct writes only once aiormq's writer is seen to keep the order they rely on.
+                await tap.check_writer_order(connection.transport.connection)
+        except BaseException:
+            await connection.close()  # not left open behind a failed connect
+            raise
         return connection
     except aiormq.exceptions.ProbableAuthenticationError as exc:
         raise _Failed(address.refused_credentials(), exc, True) from None

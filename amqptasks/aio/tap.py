@@ -166,11 +166,10 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
         overtake it. Then, or if the heartbeat is not written within ``timeout``, writes keep
         going through aiormq's queue, and a warning says so.
         """
-        self.bind(connection)
-        queue = connection.write_queue
         probe = bytes(HEARTBEAT)  # a new object: told apart from any other write by identity
         loop = self._loop
         verdict: asyncio.Future[bool] = loop.create_future()
+        queue: Any = None  # aiormq's write queue, read inside the try below
 
         def on_write(data: bytes) -> None:
             if data is probe and not verdict.done():
@@ -186,12 +185,21 @@ class DeliveryTap(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
 
         self._on_write = on_write
         try:
+            self.bind(connection)
+            queue = connection.write_queue
             async with asyncio.timeout(timeout):
                 await queue.put(ChannelFrame(payload=probe, should_close=False))
                 loop.call_soon(watch)
                 holds = await verdict
         except TimeoutError:
             holds = False
+        except Exception as exc:  # aiormq changed under us (docs/internals.md): fall back, never fail the connect
+            log.warning(
+                "cannot check aiormq's writer (aiormq %s: %s: %s): this connection's acks and replies go "
+                "through aiormq's queue (slower, same result)", _version("aiormq"), type(exc).__name__, exc,
+            )
+            self.direct_writes = False
+            return False
         finally:
             self._on_write = None
         if not holds:

@@ -199,3 +199,18 @@ async def test_a_busy_tapped_connection_stays_alive_past_aiormqs_heartbeat_grace
     await consuming.wait_for(sent)
     assert not consuming.connection.is_closed
     assert consuming.tap.deliveries == sent
+
+
+async def test_a_writer_aiormq_no_longer_lets_us_check_leaves_direct_writes_off(
+    consuming: Consuming, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An aiormq whose connection has no write queue any more (a release renamed it): the check
+    falls back to aiormq's own writer and says so, instead of failing the connect."""
+    assert consuming.tap.direct_writes  # as released: checked and on
+
+    class Renamed:  # an aiormq connection without the attributes the tap reads
+        pass
+
+    assert await consuming.tap.check_writer_order(Renamed()) is False
+    assert consuming.tap.direct_writes is False
+    assert any("cannot check aiormq's writer" in r.getMessage() for r in caplog.records)
