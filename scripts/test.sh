@@ -5,8 +5,8 @@
 #      the fault scenarios that differ there (broker restart, delays survive, consumer_timeout)
 #   3. fast paths off (AMQPTASKS_FAST_PATHS=0, docs/internals.md): the integration suite
 #   4. the oldest dependencies allowed (constraints/oldest.txt, scripts/deps.sh): unit + integration
-#   5. last, everything on RabbitMQ 3.10 with the newest dependencies allowed: unit, integration,
-#      the fault suite and the 3-node cluster scenarios (scripts/cluster.sh)
+#   5. last, everything on RabbitMQ 3.10 with the newest dependencies allowed (scripts/deps.sh newest,
+#      renewed daily): unit, integration, the fault suite and the 3-node cluster scenarios (scripts/cluster.sh)
 # With arguments, only pytest runs, with them (e.g. ./scripts/test.sh tests/unit -x).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +33,4 @@ step "oldest dependencies: unit and integration"
 ./scripts/deps.sh oldest -q tests/unit tests/integration
 
 step "RabbitMQ 3.10, newest dependencies: everything"
-exec python -m pytest
+exec ./scripts/deps.sh newest
