@@ -9,7 +9,8 @@ again - for ever on a classic queue, until the delivery limit on a quorum queue 
 tests/faults/test_consumer_timeout.py).
 
 So the worker remembers which tasks were running when their channel closed that way (those
-running for at least the timeout; failing that, the longest running), and when such a task comes
+taken at least the timeout before; the longest running only when the broker did not say its
+timeout), and when such a task comes
 back to the same worker process it is dead-lettered with reason ``consumer_timeout: ...`` (and its
 caller gets that error) instead of running again. Each worker process runs it at most once. The
 cure is a longer timeout for that queue (README "RabbitMQ 4": consumer_timeout).
@@ -49,10 +50,11 @@ class Overruns:
             return []
         now = self._now()
         timeout_ms = int(found.group(1)) if found.group(1) else None
-        blamed = [task_id for task_id, began in self._running.items()
-                  if timeout_ms is not None and (now - began) * 1000 >= timeout_ms]
-        if not blamed:  # the broker counts from the delivery, not the start: the longest running
+        if timeout_ms is None:  # an older broker's words without the value: the longest running
             blamed = [min(self._running, key=self._running.__getitem__)]
+        else:  # ours start when the delivery is taken, a little after the broker's clock did
+            slack_ms = min(1000.0, timeout_ms / 20)
+            blamed = [task_id for task_id, began in self._running.items() if (now - began) * 1000 >= timeout_ms - slack_ms]
         limit = f"{timeout_ms} ms" if timeout_ms is not None else "its limit"
         for task_id in blamed:
             self._timed_out[task_id] = (

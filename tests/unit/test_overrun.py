@@ -48,3 +48,14 @@ def test_other_closes_and_finished_tasks_blame_nobody() -> None:
     overruns.finished("a")
     assert overruns.channel_closed(RuntimeError(CLOSED)) == []
     assert overruns.reason_for("a") is None
+
+
+def test_with_a_timeout_value_a_task_taken_after_it_began_is_not_blamed() -> None:
+    # The broker timed out a delivery this process no longer runs (or one it counted from earlier):
+    # a task taken 2 s before a 3 s timeout did not outrun it and must run again if it comes back.
+    clock = Clock()
+    overruns = Overruns(clock)
+    overruns.started("recent")
+    clock.now += 2.0
+    assert overruns.channel_closed(RuntimeError(CLOSED)) == []
+    assert overruns.reason_for("recent") is None
