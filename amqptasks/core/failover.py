@@ -39,8 +39,9 @@ def round_backoff(failed_rounds: int) -> float:
 class NodeRing:
     """The broker addresses of one client (indexes into ``settings.addresses``) and the one in use.
 
-    Not thread-safe on purpose: a sync publisher's producers share one under its pool lock; each
-    async producer and worker consumer has its own loop.
+    Not locked: each async producer and worker consumer uses its own on its loop; a sync
+    publisher's threads share one without a lock, since its state is a few small integers whose
+    races can only change which node is tried first, never hand out an address not configured.
     """
 
     def __init__(self, count: int) -> None:
