@@ -12,6 +12,7 @@ import pika
 import pytest
 from aiormq.abc import DeliveredMessage
 
+from amqptasks import fastpaths
 from amqptasks.aio.connection import aconnect
 from amqptasks.settings import Settings
 from amqptasks.worker.acks import AckSender
@@ -40,7 +41,9 @@ def queue_depth(broker_url: str, queue: str) -> int:
 
 
 @pytest.fixture
-async def connection(broker_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+async def connection(broker_url: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    # The deliveries are taken off the tap in both variants: on, whatever the run's setting.
+    monkeypatch.setenv(fastpaths.ENV, "1")
     connection = await aconnect(Settings(broker_url=broker_url), f"test {request.node.nodeid}")
     try:
         yield connection
