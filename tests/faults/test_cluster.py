@@ -38,6 +38,7 @@ import pika
 import pytest
 
 from amqptasks.errors import AmqpTasksError
+from tests.conftest import allow_ports
 from tests.faults.conftest import duplicate_causes
 from tests.faults.ledger import record, tally, wait_complete
 from tests.integration.workerproc import WorkerProcess, write_app
@@ -114,6 +115,7 @@ class Cluster:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     """The private 3-node cluster, started by scripts/cluster.sh if any node does not answer."""
+    allow_ports(*PORTS.values(), *(port + 10000 for port in PORTS.values()))  # these tests' brokers: AMQP and management
     made = Cluster()
     started = not all(made.answers(node) for node in NODES)
     if started:

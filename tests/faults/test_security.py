@@ -13,6 +13,7 @@ import ast
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -303,7 +304,11 @@ FORBIDDEN_CALLS = {
 # The one dynamic import there must be: the worker imports the module named by ``-A`` (or
 # AMQPTASKS_APP, or pyproject.toml) — the operator's choice, made before any message is read.
 # Message content never reaches it: a task name is only ever looked up in ``app.tasks``.
-ALLOWED = {("worker/locate.py", "load_app", "importlib.import_module")}
+ALLOWED = {
+    ("worker/locate.py", "load_app", "importlib.import_module"),
+    # marshal.dumps only: it tells exact built-in types apart (the strict JSON check); never loads
+    ("core/jsonvalues.py", "<module>", "import marshal"),
+}
 
 
 def _dotted(node: ast.AST, aliases: dict[str, str]) -> str | None:
@@ -358,6 +363,8 @@ def test_nothing_unpickles_or_evaluates() -> None:
     unexpected = [hit for hit in found if (hit[0], hit[1], hit[2]) not in ALLOWED]
     print(f"\nSECURITY scan: {len(files)} files, allowed: {sorted(set(found) - set(unexpected))}")
     assert not unexpected, "forbidden in amqptasks/: " + "; ".join(f"{f}:{line} in {fn}: {what}" for f, fn, what, line in unexpected)
+    jsonvalues = (PACKAGE / "core" / "jsonvalues.py").read_text(encoding="utf-8")
+    assert set(re.findall(r"marshal\.\w+", jsonvalues)) == {"marshal.dumps"}, "core/jsonvalues.py may only marshal.dumps"
     # The allowed import takes the module name from the CLI/env/pyproject reference, never a message.
     command = (PACKAGE / "worker" / "command.py").read_text(encoding="utf-8")
     assert "load_app(app_reference(" in command
