@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pika
 import pytest
 from aiormq.abc import DeliveredMessage
 
@@ -17,27 +16,9 @@ from amqptasks.aio.connection import aconnect
 from amqptasks.settings import Settings
 from amqptasks.worker.acks import AckSender
 from amqptasks.worker.handling import RECOVERABLE, tag_of
+from tests.integration.test_tap import publish, queue_depth
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def publish(broker_url: str, queue: str, count: int) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        for n in range(count):
-            channel.basic_publish("", queue, str(n).encode())
-    finally:
-        connection.close()
-
-
-def queue_depth(broker_url: str, queue: str) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(broker_url))
-    try:
-        return int(connection.channel().queue_declare(queue, passive=True).method.message_count)
-    finally:
-        connection.close()
 
 
 @pytest.fixture
@@ -58,7 +39,7 @@ async def test_deliveries_finished_above_a_running_one_are_acked_in_the_same_tur
     queue = cleanup.queue(f"{unique}.q")
     channel = await (await connection.channel(publisher_confirms=False)).get_underlay_channel()
     await channel.queue_declare(queue, durable=True)  # 4.3 refuses transient non-exclusive queues
-    await asyncio.to_thread(publish, broker_url, queue, 8)
+    await asyncio.to_thread(publish, broker_url, queue, [str(n).encode() for n in range(8)])
     taken: list[DeliveredMessage] = []
     arrived = asyncio.Event()
 
