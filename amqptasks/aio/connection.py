@@ -11,7 +11,7 @@ import aiormq.exceptions
 
 from amqptasks import fastpaths
 from amqptasks.aio.tap import DeliveryTap, TapFactory
-from amqptasks.core.failover import NodeRing, no_node
+from amqptasks.core.failover import ConnectFailures, NodeRing
 from amqptasks.settings import BrokerAddress, Settings, find_tls_error
 
 
@@ -72,23 +72,19 @@ async def aconnect(settings: Settings, name: str, ring: NodeRing | None = None) 
     that answers (``connection.address``); or BrokerUnavailable naming every node tried."""
     addresses = settings.addresses
     ring = ring or NodeRing(len(addresses))
-    tried: list[str] = []
-    single: str | None = None
-    refused = False
+    failures = ConnectFailures()
     for index in ring.order():
         address = addresses[index]
         try:
             connection = await _connect_one(settings, name, address)
         except _Failed as failed:
-            single = failed.message
-            refused |= failed.refused
-            tried.append(address.why_not(failed.cause))
+            failures.add(address.why_not(failed.cause), failed.message, failed.refused)
             ring.lost(index)
             continue
         ring.connected(index)
         connection.address = address
         return connection
-    raise no_node(tried, single, refused)
+    raise failures.error()
 
 
 class _Failed(Exception):

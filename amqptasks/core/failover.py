@@ -76,6 +76,23 @@ class NodeRing:
         return round_backoff(self.failed_rounds)
 
 
+@dataclass
+class ConnectFailures:
+    """What each node's failed connect said, for the error when none answered (sync and aio alike)."""
+
+    tried: list[str] = field(default_factory=list)  # ``host:port (reason)`` per node, in order
+    single: str | None = None  # the last full message (the one shown when there is one address)
+    refused: bool = False  # a node answered and refused us (credentials, access, TLS)
+
+    def add(self, why_not: str, message: str, refused: bool) -> None:
+        self.tried.append(why_not)
+        self.single = message
+        self.refused |= refused
+
+    def error(self) -> BrokerUnavailable:
+        return no_node(self.tried, self.single, self.refused)
+
+
 def no_node(tried: Sequence[str], single: str | None, refused: bool) -> BrokerUnavailable:
     """The error when no node could be connected: BrokerRefused when a node answered and refused
     (credentials, access, TLS: a setting to fix), else BrokerUnavailable (worth waiting for)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pika
 import pika.exceptions
 
-from amqptasks.core.failover import NodeRing, no_node
+from amqptasks.core.failover import ConnectFailures, NodeRing
 from amqptasks.settings import BrokerAddress, Settings, find_tls_error
 
 
@@ -51,22 +51,18 @@ def connect_node(settings: Settings, name: str, ring: NodeRing | None = None) ->
     or :class:`BrokerUnavailable` naming every node tried (one connect timeout per node at most)."""
     addresses = settings.addresses
     ring = ring or NodeRing(len(addresses))
-    tried: list[str] = []
-    single: str | None = None
-    refused = False
+    failures = ConnectFailures()
     for index in ring.order():
         address = addresses[index]
         try:
             connection = pika.BlockingConnection(connection_parameters(settings, name, address))
         except (pika.exceptions.AMQPError, OSError) as exc:
-            single, answered = _failure(address, exc)
-            refused |= answered
-            tried.append(address.why_not(exc))
+            failures.add(address.why_not(exc), *_failure(address, exc))
             ring.lost(index)
             continue
         ring.connected(index)
         return connection, address
-    raise no_node(tried, single, refused)
+    raise failures.error()
 
 
 def connect(settings: Settings, name: str, ring: NodeRing | None = None) -> pika.BlockingConnection:
